@@ -1,0 +1,125 @@
+"""Overhead of serving: the same request as a raw diffusers call and through /runsync.
+
+Starts `sdserve serve` on loopback, runs the same request (model, size, steps, seed,
+scheduler) alternately in-process and through the server, and prints the median
+ratio server/raw measured in this one run. Goal: <= 1.05 for 20 steps at 256x256.
+
+    python bench/overhead.py [--steps 20] [--size 256] [--rounds 5] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def start_server(
+    data_dir: Path, port: int, model: str | None, nsfw_check: bool
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "sdserve",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+    ]
+    if model:
+        cmd += ["--model", model]
+    # The raw call runs no safety check; by default neither does the server, so both do the
+    # same work. --nsfw-check measures the served path with it.
+    env = {**os.environ, "SDSERVE_NSFW_CHECK": "true" if nsfw_check else "false"}
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            workers = httpx.get(f"http://127.0.0.1:{port}/v2/default/health").json()["workers"]
+            if workers["idle"] + workers["running"]:
+                return process
+        except (httpx.HTTPError, KeyError):
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", help="diffusers folder (default: the built-in model)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between calls")
+    parser.add_argument(
+        "--nsfw-check", action="store_true", help="let the server run its NSFW check too"
+    )
+    args = parser.parse_args()
+
+    import torch
+    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
+
+    data_dir = Path(tempfile.mkdtemp(prefix="sdserve-bench-"))
+    server = start_server(data_dir, args.port, args.model, args.nsfw_check)
+    model_dir = args.model or str(data_dir / "models" / "builtin-random")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
+        pipe.set_progress_bar_config(disable=True)
+        prompt = "a red circle on a blue background"
+        body = {
+            "input": {
+                "prompt": prompt, "width": args.size, "height": args.size,
+                "num_inference_steps": args.steps, "guidance_scale": 7.5, "seed": 42,
+                "scheduler": "K-LMS",
+            }
+        }  # fmt: skip
+        client = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600)
+
+        def raw() -> float:
+            started = time.perf_counter()
+            pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+            pipe(
+                prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
+                guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(42),
+            )  # fmt: skip
+            return time.perf_counter() - started
+
+        def served() -> float:
+            started = time.perf_counter()
+            answer = client.post("/v2/default/runsync", json=body).json()
+            assert answer["status"] == "COMPLETED", answer
+            return time.perf_counter() - started
+
+        raw(), served()  # warm-up
+        raw_times, served_times = [], []
+        for _ in range(args.rounds):
+            # A pause between calls lets the other process's idle torch threads stop spinning:
+            # on a small CPU they would otherwise steal cores from the call being measured.
+            time.sleep(args.pause)
+            raw_times.append(raw())
+            time.sleep(args.pause)
+            served_times.append(served())
+        raw_s, served_s = statistics.median(raw_times), statistics.median(served_times)
+        check = "with" if args.nsfw_check else "without"
+        print(f"request: {args.steps} steps, {args.size}x{args.size}, K-LMS, seed 42")
+        print(f"server runs {check} its NSFW check (the raw call has none)")
+        print(f"raw pipeline call  median {raw_s * 1000:8.1f} ms over {args.rounds} rounds")
+        print(f"server /runsync    median {served_s * 1000:8.1f} ms over {args.rounds} rounds")
+        print(f"ratio served/raw   {served_s / raw_s:.3f}  (goal <= 1.05)")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

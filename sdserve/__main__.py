@@ -1,0 +1,3 @@
+from sdserve.cli import app
+
+app(prog_name="sdserve")

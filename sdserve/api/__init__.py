@@ -1,0 +1,1 @@
+"""HTTP dialects: thin routers that translate wire formats onto the job core."""

@@ -1,0 +1,109 @@
+"""What every router needs, built once by the server and reached through `app.state`."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from sdserve.api.auth import KeyChecker
+from sdserve.jobs.models import ImageResult, Job
+from sdserve.jobs.requests import ImageFields
+from sdserve.jobs.service import JobService
+from sdserve.settings import Settings
+from sdserve.storage.base import ImageStore
+from sdserve.storage.signing import UrlSigner
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    settings: Settings
+    service: JobService
+    keys: KeyChecker
+    images: ImageStore
+    signer: UrlSigner
+
+    def image_fields(
+        self,
+        init_image: str | bytes | None,
+        mask: str | bytes | None,
+        names: tuple[str, str, str, str],
+        *,
+        mask_black_repaints: bool = False,
+        mask_from_alpha: bool = False,
+    ) -> ImageFields:
+        """A request's input images, to be fetched within the server's download limits."""
+        return ImageFields(
+            init_image=init_image,
+            mask=mask,
+            mask_black_repaints=mask_black_repaints,
+            mask_from_alpha=mask_from_alpha,
+            names=names,
+            fetch_timeout_s=self.settings.fetch_timeout_s,
+            fetch_max_bytes=self.settings.fetch_max_bytes,
+        )
+
+    def base_url(self, request: Request | None) -> str:
+        """Where clients reach this server: the setting, else the address they used."""
+        if self.settings.public_url:
+            return self.settings.public_url
+        if request is not None:
+            return str(request.base_url)
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def image_link(self, job: Job, base_url: str) -> _Linker:
+        """How this job's images appear in answers: a signed URL, or inline base64."""
+        return _Linker(self, job, base_url)
+
+    def image_url(self, job: Job, result: ImageResult, base_url: str) -> str:
+        """A signed URL of one of the job's images, valid until the job expires."""
+        expires = job.expires_at or (job.finished_at or 0) + self.settings.result_ttl_s
+        return self.key_url(result.key, expires, base_url)
+
+    def key_url(self, key: str, expires_at: float, base_url: str) -> str:
+        """The store's own link to an image (presigned), else the API's signed /files link."""
+        return self.images.direct_url(key, expires_at) or self.signer.url(base_url, key, expires_at)
+
+    def image_base64(self, result: ImageResult) -> str:
+        """The PNG bytes of one image, base64-encoded."""
+        return base64.b64encode(self.images.read(result.key) or b"").decode()
+
+
+@dataclass(frozen=True)
+class _Linker:
+    ctx: ApiContext
+    job: Job
+    base_url: str
+
+    def __call__(self, result: ImageResult) -> str:
+        if self.ctx.settings.output_format == "base64":
+            return self.ctx.image_base64(result)
+        return self.ctx.image_url(self.job, result, self.base_url)
+
+
+def get_context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def get_owner(request: Request) -> str:
+    """The caller's owner id; 401 without a valid key."""
+    return get_context(request).keys.owner_of(request)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated call: whose it is, and the server context to answer it with."""
+
+    owner: str
+    ctx: ApiContext
+    request: Request
+
+    def status_link(self, job: Job) -> _Linker:
+        return self.ctx.image_link(job, self.ctx.base_url(self.request))
+
+
+def get_caller(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller (401 without a valid key)."""
+    return Caller(owner=get_owner(request), ctx=get_context(request), request=request)

@@ -1,0 +1,113 @@
+"""Error answers: a message a person can act on, the field at fault, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from sdserve.api.auth import Unauthorized
+from sdserve.jobs.errors import InvalidInput, JobError, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+def _field_path(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        return "body"  # its loc ends in a character offset, which names no field
+    parts = [str(p) for p in error["loc"] if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def _rule(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "field required"
+    if kind == "json_invalid":
+        return "body is not valid JSON"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, int | float | bool) or (isinstance(value, str) and len(value) < 60):
+        message += f" (got {value!r})"
+    return message
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Each bad field with the rule it breaks."""
+    return [{"field": _field_path(e), "message": _rule(e)} for e in exc.errors()]
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """An error to answer with, before a dialect gives it its wire shape."""
+
+    status: int
+    message: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+    """Each bad field with its rule: `{"field": "input.width", "message": "..."}`."""
+    headers: dict[str, str] = field(default_factory=dict)
+    code: str | None = None
+    """A short machine-readable reason (`JobError.code`), for shapes that carry one."""
+
+
+ErrorRenderer = Callable[[ApiError], JSONResponse]
+RendererFor = Callable[[str], ErrorRenderer]
+
+
+def render_default(error: ApiError) -> JSONResponse:
+    """RunPod's and DeepInfra's shape: `{"error": message, "errors": [...]}`."""
+    body: dict[str, Any] = {"error": error.message}
+    if error.errors:
+        body["errors"] = error.errors
+    return JSONResponse(body, error.status, headers=error.headers)
+
+
+def _api_error(request: Request, exc: Exception) -> ApiError:
+    if isinstance(exc, RequestValidationError):
+        errors = validation_errors(exc)
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return ApiError(400, message, errors)
+    if isinstance(exc, InvalidInput):
+        return ApiError(400, exc.message, [{"field": exc.field, "message": exc.rule}])
+    if isinstance(exc, QueueFull):
+        return ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, JobError):
+        return ApiError(exc.status_code, exc.message, code=exc.code)
+    if isinstance(exc, Unauthorized):
+        return ApiError(401, exc.message, headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, HTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such path: {request.method} {request.url.path}"
+        return ApiError(exc.status_code, message, headers=dict(exc.headers or {}))
+    log.error("unexpected error answering %s %s", request.method, request.url.path, exc_info=exc)
+    return ApiError(500, "internal error; the server log has details")
+
+
+def renderer_for(shapes: dict[str, ErrorRenderer]) -> RendererFor:
+    """For a path, the shape of the dialect whose prefix matches longest (else the default)."""
+    ordered = sorted(shapes.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def pick(path: str) -> ErrorRenderer:
+        return next((r for prefix, r in ordered if path.startswith(prefix)), render_default)
+
+    return pick
+
+
+def install_error_handlers(app: FastAPI, render_for: RendererFor) -> None:
+    """Answer errors in the shape `render_for` picks for the request's path."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return render_for(request.url.path)(_api_error(request, exc))
+
+    for kind in (RequestValidationError, JobError, Unauthorized, HTTPException, Exception):
+        app.add_exception_handler(kind, handle)

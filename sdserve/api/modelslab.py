@@ -1,0 +1,252 @@
+"""ModelsLab / stablediffusionapi dialect: /api/v3, /api/v4/dreambooth and /api/v6/images."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import JsonValue
+from starlette.concurrency import run_in_threadpool
+
+from sdserve.api.auth import Unauthorized, key_from_header
+from sdserve.api.context import ApiContext, Caller, get_context
+from sdserve.api.dialect import Dialect
+from sdserve.api.modelslab_protocol import (
+    ModelsLabFetch,
+    ModelsLabRequest,
+    render_error,
+    render_failure,
+    render_processing,
+    render_success,
+)
+from sdserve.jobs.errors import EndpointNotFound, InvalidInput, JobNotFound
+from sdserve.jobs.models import Job, JobPolicy, JobStatus
+from sdserve.jobs.requests import ImageFields, build_request
+from sdserve.registry import DEFAULT_MODEL, ModelSpec
+from sdserve.storage.base import image_key
+
+NAME = "modelslab"
+
+Api = Literal["v3", "v4", "v6"]
+Mode = Literal["any", "img2img", "inpaint"]
+"""`any`: txt2img, img2img with init_image, inpainting with mask_image too (as dreambooth does)."""
+
+GENERATION_PATHS: list[tuple[str, Api, Mode]] = [
+    ("/api/v3/text2img", "v3", "any"),
+    ("/api/v3/img2img", "v3", "img2img"),
+    ("/api/v3/inpaint", "v3", "inpaint"),
+    ("/api/v4/dreambooth", "v4", "any"),
+    ("/api/v4/dreambooth/img2img", "v4", "img2img"),
+    ("/api/v4/dreambooth/inpaint", "v4", "inpaint"),
+    ("/api/v6/images/text2img", "v6", "any"),
+    ("/api/v6/images/img2img", "v6", "img2img"),
+    ("/api/v6/images/inpaint", "v6", "inpaint"),
+]
+FETCH_PATHS: dict[Api, str] = {
+    "v3": "/api/v3/fetch",
+    "v4": "/api/v4/dreambooth/fetch",
+    "v6": "/api/v6/images/fetch",
+}
+"""Each serves `POST {path}/{id}` and `POST {path}` with `request_id` in the body."""
+
+FUTURE_LINK_GRACE_S = 24 * 3600.0
+"""future_links stay signed this long after submission plus the retention: a queued job may
+wait a while, and a link only ever serves a file while the job's images exist."""
+UNKNOWN_ETA_S = 5.0
+"""The eta given before a job has run a step (nothing to extrapolate from yet)."""
+
+_IMAGE_FIELDS = ("init_image", "mask_image", "width", "height")
+
+router = APIRouter(tags=["modelslab"])
+
+
+async def _body_key(request: Request) -> str | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    key = body.get("key") if isinstance(body, dict) else None
+    if isinstance(key, str | int) and not isinstance(key, bool) and str(key).strip():
+        return str(key).strip()
+    return None
+
+
+async def get_key_caller(request: Request) -> Caller:
+    """The caller whose `key` is in the JSON body (or an Authorization header); 401 otherwise."""
+    ctx = get_context(request)
+    key = await _body_key(request) or key_from_header(request.headers.get("authorization"))
+    if key is None and not ctx.keys.open:
+        raise Unauthorized('missing API key: send "key" in the JSON body')
+    return Caller(owner=ctx.keys.owner(key), ctx=ctx, request=request)
+
+
+def _resolve_model(ctx: ApiContext, model_id: str | None) -> ModelSpec:
+    try:
+        return ctx.service.resolve_endpoint(model_id or DEFAULT_MODEL)
+    except EndpointNotFound as exc:
+        raise InvalidInput(
+            "model_id", f"no model {model_id!r}; available: {', '.join(exc.available)}"
+        ) from None
+
+
+def _require_images(body: ModelsLabRequest, mode: Mode) -> None:
+    if mode != "any" and not body.init_image:
+        raise InvalidInput("init_image", f"field required for {mode}")
+    if mode == "inpaint" and not body.mask_image:
+        raise InvalidInput("mask_image", "field required for inpaint")
+
+
+def enhance(prompt: str, suffix: str) -> str:
+    """The prompt with the configured suffix appended after a comma (unchanged if none)."""
+    addition = suffix.strip().lstrip(",").strip()
+    return f"{prompt.rstrip()}, {addition}" if addition else prompt
+
+
+def _images(ctx: ApiContext, body: ModelsLabRequest) -> ImageFields:
+    return ctx.image_fields(body.init_image, body.mask_image, _IMAGE_FIELDS)
+
+
+async def _submit(caller: Caller, body: ModelsLabRequest, api: Api, mode: Mode) -> Job:
+    ctx = caller.ctx
+    spec = _resolve_model(ctx, body.model_id)
+    _require_images(body, mode)
+    body.check_dimensions()
+    suffix = ctx.settings.enhance_prompt_suffix if body.enhance_prompt else ""
+    request = await build_request(
+        spec,
+        prompt=enhance(body.prompt, suffix),
+        negative_prompt=body.negative_prompt,
+        width=body.width,
+        height=body.height,
+        guidance_scale=body.guidance_scale,
+        num_inference_steps=body.num_inference_steps,
+        num_outputs=body.samples,
+        prompt_strength=body.effective_strength,
+        scheduler=body.scheduler,
+        seed=body.seed,
+        images=_images(ctx, body),
+        scheduler_field="scheduler",
+        use_compel=ctx.settings.compel_everywhere,
+        blank_nsfw=body.safety_checker,
+        lora=body.lora_model,
+        lora_scale=body.lora_strength,
+        loras_dir=ctx.settings.loras_dir,
+        lora_field="lora_model",
+    )
+    extra: dict[str, JsonValue] = {
+        "api": api,
+        "base64": body.base64,
+        "enhance_prompt": body.enhance_prompt,
+    }
+    if body.track_id is not None:
+        extra["track_id"] = body.track_id
+    echo = body.model_dump(mode="json", exclude_unset=True, exclude={"key"})
+    webhook = str(body.webhook) if body.webhook else None
+    return await run_in_threadpool(
+        ctx.service.submit, caller.owner, request, echo, JobPolicy(), webhook, NAME, extra
+    )
+
+
+def estimate_eta(job: Job, now: float) -> float:
+    """Seconds until the job is likely done, extrapolated from the steps run so far."""
+    if job.started_at is None or job.progress_step <= 0 or not job.progress_total:
+        return UNKNOWN_ETA_S
+    per_step = (now - job.started_at) / job.progress_step
+    return max(0.0, per_step * (job.progress_total - job.progress_step))
+
+
+def _output(ctx: ApiContext, job: Job, base_url: str) -> list[str]:
+    if job.extra.get("base64"):
+        return [ctx.image_base64(result) for result in job.outputs]
+    link = ctx.image_link(job, base_url)
+    return [link(result) for result in job.outputs]
+
+
+def _future_links(ctx: ApiContext, job: Job, base_url: str) -> list[str]:
+    ttl_s = job.policy.ttl_ms / 1000 if job.policy.ttl_ms else ctx.settings.result_ttl_s
+    expires = job.created_at + FUTURE_LINK_GRACE_S + ttl_s
+    keys = [image_key(job.id, i) for i in range(job.request.num_outputs)]
+    return [ctx.key_url(key, expires, base_url) for key in keys]
+
+
+def _fetch_url(job: Job, base_url: str) -> str:
+    api = job.extra.get("api")
+    path = next((p for name, p in FETCH_PATHS.items() if name == api), FETCH_PATHS["v3"])
+    return f"{base_url.rstrip('/')}{path}/{job.number}"
+
+
+def render_answer(ctx: ApiContext, job: Job, base_url: str) -> dict[str, Any]:
+    """success with the images, error if the job failed, else processing with where to look."""
+    if job.status == JobStatus.COMPLETED:
+        return render_success(job, _output(ctx, job, base_url))
+    if job.status.is_final:
+        return render_failure(job)
+    eta = estimate_eta(job, time.time())
+    return render_processing(job, eta, _fetch_url(job, base_url), _future_links(ctx, job, base_url))
+
+
+def _generation_route(api: Api, mode: Mode) -> Callable[..., Awaitable[dict[str, Any]]]:
+    async def generate(
+        body: ModelsLabRequest, caller: Caller = Depends(get_key_caller)
+    ) -> dict[str, Any]:
+        job = await _submit(caller, body, api, mode)
+        job = await caller.ctx.service.wait_for(
+            caller.owner, job, caller.ctx.settings.modelslab_wait_s
+        )
+        return render_answer(caller.ctx, job, caller.ctx.base_url(caller.request))
+
+    generate.__doc__ = (
+        f"Generate images ({mode}); answers `success` when done within the wait,"
+        " else `processing` with fetch_result and future_links."
+    )
+    return generate
+
+
+async def _fetch(caller: Caller, number: int | None, field: str) -> dict[str, Any]:
+    if number is None:
+        raise InvalidInput(field, "field required")
+    try:
+        job = await run_in_threadpool(caller.ctx.service.get_by_number, caller.owner, number)
+    except JobNotFound:
+        job = None
+    if job is None or job.dialect != NAME:
+        raise InvalidInput(field, f"no request {number} (unknown, expired, or another key's)")
+    return render_answer(caller.ctx, job, caller.ctx.base_url(caller.request))
+
+
+async def fetch_by_path(
+    request_id: int,
+    body: ModelsLabFetch | None = None,
+    caller: Caller = Depends(get_key_caller),
+) -> dict[str, Any]:
+    """A request's state: success with its images, processing, or error."""
+    return await _fetch(caller, request_id, "request_id")
+
+
+async def fetch_by_body(
+    body: ModelsLabFetch, caller: Caller = Depends(get_key_caller)
+) -> dict[str, Any]:
+    """The same, with `request_id` in the body (the form v4 and v6 clients use)."""
+    return await _fetch(caller, body.request_id, "request_id")
+
+
+for _path, _api, _mode in GENERATION_PATHS:
+    router.add_api_route(_path, _generation_route(_api, _mode), methods=["POST"])
+for _fetch_path in FETCH_PATHS.values():
+    router.add_api_route(_fetch_path + "/{request_id}", fetch_by_path, methods=["POST"])
+    router.add_api_route(_fetch_path, fetch_by_body, methods=["POST"])
+
+
+def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
+    """The webhook payload: the answer fetch gives for the finished job, with its track_id."""
+    return render_answer(ctx, job, ctx.base_url(None))
+
+
+DIALECT = Dialect(
+    name=NAME,
+    routers=[(router, "")],
+    render_webhook=render_webhook,
+    error_shapes={"/api/": render_error},
+)

@@ -1,0 +1,189 @@
+"""OpenAI images wire format: request bodies, answers and errors (API.md section 4)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from sdserve.api.errors import ApiError
+from sdserve.jobs.models import MAX_SEED, ImageResult, Job, Prompt, Scheduler
+from sdserve.registry import DEFAULT_MODEL, ModelSpec
+
+DEFAULT_SIZE = (512, 512)
+"""Width and height when `size` is absent or `auto`."""
+ResponseFormat = Literal["url", "b64_json"]
+ImageData = Callable[[ImageResult], dict[str, str]]
+"""One image as `{"url": ...}` or `{"b64_json": ...}`."""
+
+_SIZE = re.compile(r"(\d{1,5})\s*[xX]\s*(\d{1,5})")
+
+
+def _canonical_size(value: str | None) -> str | None:
+    if value is None or value == "auto":
+        return None
+    match = _SIZE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError("must be WIDTHxHEIGHT, e.g. 512x512, or auto")
+    return f"{int(match[1])}x{int(match[2])}"
+
+
+def _not_streaming(value: bool) -> bool:
+    if value:
+        raise ValueError("streaming is not supported: leave stream unset or false")
+    return value
+
+
+def _one_upload(value: object) -> object:
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError(f"takes one image (got {len(value)})")
+        value = value[0]
+    if isinstance(value, str):
+        raise ValueError("must be an uploaded file (a multipart file part), not text")
+    return value
+
+
+Size = Annotated[str | None, AfterValidator(_canonical_size)]
+"""`WIDTHxHEIGHT`, kept as `{width}x{height}`; None (also for `auto`) is the default."""
+
+
+class ImageOptions(BaseModel):
+    """The fields generations and edits share: OpenAI's own, then sdserve's extensions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    model: str = DEFAULT_MODEL
+    """A model name or alias of the registry."""
+    n: int = Field(default=1, ge=1, le=10)
+    size: Size = None
+    response_format: ResponseFormat = "url"
+    output_format: Literal["png"] = "png"
+    """Images are always PNG (with their parameters embedded); other formats are refused."""
+    stream: Annotated[bool, AfterValidator(_not_streaming)] = False
+    # Accepted so that clients setting them keep working; they change nothing here.
+    quality: str | None = None
+    background: str | None = None
+    output_compression: int | None = None
+    partial_images: int | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    # sdserve's extensions (with the openai SDK: `extra_body={...}`).
+    negative_prompt: str = ""
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    """The first image's seed (image i gets seed + i); random when absent."""
+    num_inference_steps: int = Field(default=25, ge=1, le=500)
+    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    scheduler: Scheduler = "K-LMS"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: object) -> object:
+        # OpenAI clients send null for "use the default", as OpenAI itself reads it.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Width and height asked for."""
+        if self.size is None:
+            return DEFAULT_SIZE
+        width, _, height = self.size.partition("x")
+        return int(width), int(height)
+
+
+class ImageGenerationRequest(ImageOptions):
+    """The JSON body of `POST /v1/images/generations`."""
+
+    style: str | None = None
+    moderation: str | None = None
+
+
+class ImageEditRequest(ImageOptions):
+    """The form fields of `POST /v1/images/edits`."""
+
+    image: Annotated[UploadFile, BeforeValidator(_one_upload)]
+    """The image to edit (the openai SDK sends a list as `image[]`; one image is taken)."""
+    mask: Annotated[UploadFile | None, BeforeValidator(_one_upload)] = None
+    """Fully transparent pixels are repainted; the others come back unchanged."""
+    input_fidelity: str | None = None
+    prompt_strength: float | None = Field(default=None, ge=0, le=1)
+    """How far to depart from `image`: default 1 inside a mask, 0.8 without one."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_list(cls, data: object) -> object:
+        if isinstance(data, dict) and "image[]" in data and "image" not in data:
+            data = dict(data)
+            data["image"] = data.pop("image[]")
+        return data
+
+    @property
+    def strength(self) -> float:
+        if self.prompt_strength is not None:
+            return self.prompt_strength
+        return 1.0 if self.mask is not None else 0.8
+
+
+def render_images(job: Job, image_data: ImageData) -> dict[str, Any]:
+    """The answer to a generation or an edit: one entry per image, each with its seed."""
+    request = job.request
+    return {
+        "created": int(job.created_at),
+        "data": [
+            {**image_data(result), "revised_prompt": request.prompt, "seed": result.seed}
+            for result in job.outputs
+        ],
+        "size": f"{request.width}x{request.height}",
+        "output_format": "png",
+    }
+
+
+def render_model(name: str, spec: ModelSpec, created: int) -> dict[str, Any]:
+    """One entry of `/v1/models`; `root` names the model an alias answers with."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "sdserve",
+        "root": spec.name,
+    }
+
+
+_CODES = {401: "invalid_api_key", 413: "request_too_large", 429: "rate_limit_exceeded"}
+"""`code` by status, where the error brings none of its own."""
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "requests"  # what OpenAI's own rate-limit errors say
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def render_error(error: ApiError) -> JSONResponse:
+    """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
+    body = {
+        "message": error.message,
+        "type": _error_type(error.status),
+        "param": error.errors[0]["field"] if error.errors else None,
+        "code": error.code or _CODES.get(error.status),
+    }
+    headers = dict(error.headers)
+    if error.status >= 500:
+        # The openai SDK retries 5xx by default, queueing the work again; a failed generation
+        # fails again, so it is told not to.
+        headers["x-should-retry"] = "false"
+    return JSONResponse({"error": body}, error.status, headers=headers)

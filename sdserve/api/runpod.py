@@ -1,0 +1,160 @@
+"""RunPod serverless dialect: /v1|v2/{endpoint}/run, runsync, status, cancel, retry, ..."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
+
+from sdserve.api.context import ApiContext, Caller, get_caller
+from sdserve.api.dialect import Dialect
+from sdserve.api.runpod_protocol import (
+    MAX_WAIT_MS,
+    RunPodRequest,
+    render_brief,
+    render_output,
+    render_status,
+)
+from sdserve.jobs.models import Job, JobPolicy
+from sdserve.jobs.requests import build_request
+
+router = APIRouter(tags=["runpod"])
+
+PREFIXES = ("/v1", "/v2")
+"""The seed's form and RunPod's current one (the SDK's); the server mounts the router at both."""
+_PREFIX = "/{endpoint:path}"
+_IMAGE_FIELDS = ("input.init_image", "input.mask", "input.width", "input.height")
+
+
+async def _submit(caller: Caller, endpoint: str, body: RunPodRequest) -> Job:
+    ctx = caller.ctx
+    spec = ctx.service.resolve_endpoint(endpoint)
+    given = body.input
+    images = ctx.image_fields(given.init_image, given.mask, _IMAGE_FIELDS, mask_black_repaints=True)
+    request = await build_request(
+        spec,
+        prompt=given.prompt,
+        negative_prompt=given.negative_prompt,
+        width=given.width,
+        height=given.height,
+        guidance_scale=given.guidance_scale,
+        num_inference_steps=given.num_inference_steps,
+        num_outputs=given.num_outputs,
+        prompt_strength=given.prompt_strength,
+        scheduler=given.scheduler,
+        seed=given.seed,
+        images=images,
+        scheduler_field="input.scheduler",
+    )
+    policy = JobPolicy(
+        execution_timeout_ms=body.policy.executionTimeout,
+        ttl_ms=body.policy.ttl,
+        low_priority=body.policy.lowPriority,
+    )
+    webhook = str(body.webhook) if body.webhook else None
+    echo = given.model_dump(mode="json", exclude_unset=True)
+    submit = ctx.service.submit
+    return await run_in_threadpool(submit, caller.owner, request, echo, policy, webhook)
+
+
+def _status(caller: Caller, job: Job) -> dict[str, Any]:
+    return render_status(job, caller.status_link(job))
+
+
+@router.post(_PREFIX + "/run")
+async def run(
+    endpoint: str, body: RunPodRequest, caller: Caller = Depends(get_caller)
+) -> dict[str, Any]:
+    """Queue a job; answers at once with its id."""
+    return render_brief(await _submit(caller, endpoint, body))
+
+
+@router.post(_PREFIX + "/runsync")
+async def runsync(
+    endpoint: str,
+    body: RunPodRequest,
+    wait: int = Query(
+        default=90_000, ge=0, le=MAX_WAIT_MS, description="Milliseconds to wait for the result"
+    ),
+    caller: Caller = Depends(get_caller),
+) -> dict[str, Any]:
+    """Run a job and answer with its result, or with its id if it takes longer than `wait`."""
+    job = await _submit(caller, endpoint, body)
+    job = await caller.ctx.service.wait_for(caller.owner, job, wait / 1000)
+    return _status(caller, job) if job.status.is_final else render_brief(job)
+
+
+@router.api_route(_PREFIX + "/status/{job_id}", methods=["GET", "POST"])
+def status(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    """The job's state, timings, and output once done."""
+    return _status(caller, caller.ctx.service.get(caller.owner, endpoint, job_id))
+
+
+@router.post(_PREFIX + "/cancel/{job_id}")
+def cancel(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    """Cancel a queued or running job; a running one stops at its next denoising step."""
+    return render_brief(caller.ctx.service.cancel(caller.owner, endpoint, job_id))
+
+
+@router.post(_PREFIX + "/retry/{job_id}")
+def retry(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    """Run a FAILED or TIMED_OUT job again under the same id."""
+    return render_brief(caller.ctx.service.retry(caller.owner, endpoint, job_id))
+
+
+@router.post(_PREFIX + "/purge-queue")
+def purge_queue(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    """Remove the caller's queued jobs of this endpoint."""
+    return {"removed": caller.ctx.service.purge(caller.owner, endpoint), "status": "completed"}
+
+
+@router.get(_PREFIX + "/health")
+def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    """Job counts of this endpoint and the state of the workers."""
+    counts = caller.ctx.service.counts(endpoint)
+    workers = caller.ctx.service.workers()
+    running = sum(1 for w in workers if w.job_id is not None)
+    return {
+        "jobs": {
+            "completed": counts.completed,
+            "failed": counts.failed,
+            "inProgress": counts.in_progress,
+            "inQueue": counts.in_queue,
+            "retried": counts.retried,
+        },
+        "workers": {"idle": len(workers) - running, "running": running},
+    }
+
+
+@router.get(_PREFIX + "/stream/{job_id}")
+def stream(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+    """Progress events not read before; once the job is done, its output too."""
+    job, events = caller.ctx.service.stream(caller.owner, endpoint, job_id)
+    body: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "stream": [
+            {"output": {"progress": f"{e.step}/{e.total}", "step": e.step, "total": e.total}}
+            for e in events
+        ],
+    }
+    if job.status.is_final:
+        output = render_output(job, caller.status_link(job))
+        if output is not None:
+            body["output"] = output
+        if job.error:
+            body["error"] = job.error
+    return body
+
+
+def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
+    """The webhook payload: the status object, as /status answers it."""
+    return render_status(job, ctx.image_link(job, ctx.base_url(None)))
+
+
+DIALECT = Dialect(
+    name="runpod",
+    routers=[(router, prefix) for prefix in PREFIXES],
+    render_webhook=render_webhook,
+)

@@ -1,0 +1,89 @@
+"""RunPod serverless wire format: request bodies and status objects (API.md section 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from sdserve.jobs.models import MAX_SEED, ImageResult, Job, Prompt, Scheduler
+
+
+class RunPodInput(BaseModel):
+    """The `input` object of seed 000, with its ranges and defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    init_image: str | None = None
+    mask: str | None = None
+    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    num_inference_steps: int = Field(default=50, ge=1, le=500)
+    num_outputs: int = Field(default=1, ge=1, le=10)
+    prompt_strength: float = Field(default=0.8, ge=0, le=1)
+    scheduler: Scheduler = "K-LMS"
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+
+
+class RunPodPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    executionTimeout: int | None = Field(default=None, ge=1000, le=7 * 24 * 3600 * 1000)
+    """Milliseconds a job may run before it ends TIMED_OUT."""
+    ttl: int | None = Field(default=None, ge=1000, le=7 * 24 * 3600 * 1000)
+    """Milliseconds a finished job and its images are kept."""
+    lowPriority: bool = False
+
+
+class RunPodRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: RunPodInput
+    webhook: AnyHttpUrl | None = None
+    policy: RunPodPolicy = RunPodPolicy()
+
+
+MAX_WAIT_MS = 300_000
+"""Longest /runsync wait a client may ask for."""
+
+ImageLink = Callable[[ImageResult], str]
+
+
+def _progress(job: Job) -> str:
+    return f"{job.progress_step}/{job.progress_total}"
+
+
+def render_output(job: Job, link: ImageLink) -> Any:
+    """The `output` of a status object: images when done, progress while running."""
+    if job.status == "COMPLETED":
+        return [{"image": link(result), "seed": result.seed} for result in job.outputs]
+    if job.status == "IN_PROGRESS" and job.progress_total:
+        return {"progress": _progress(job)}
+    return None
+
+
+def render_status(job: Job, link: ImageLink) -> dict[str, Any]:
+    """The full status object of API.md section 1."""
+    body: dict[str, Any] = {
+        "id": job.id,
+        "status": job.status.value,
+        "delayTime": job.delay_ms,
+        "executionTime": job.execution_ms,
+        "input": job.input,
+    }
+    output = render_output(job, link)
+    if output is not None:
+        body["output"] = output
+    if job.error is not None:
+        body["error"] = job.error
+    if job.worker_id is not None:
+        body["workerId"] = job.worker_id
+    return body
+
+
+def render_brief(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "status": job.status.value}

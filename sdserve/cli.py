@@ -1,0 +1,215 @@
+"""The `sdserve` command line: `serve`, `worker` and `db upgrade`."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from sdserve.settings import OutputFormat, Settings
+
+app = typer.Typer(
+    help="sdserve: a self-hosted Stable Diffusion inference server.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="Database schema commands (PostgreSQL).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Folder for jobs, images and the built-in model [default: ./sdserve-data]."),
+]
+Models = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        metavar="SOURCE|NAME=SOURCE",
+        help="Model SOURCE for the default endpoint, or NAME=SOURCE; SOURCE is a hub id, a"
+        " diffusers folder or a .safetensors file. Repeatable.",
+    ),
+]
+ModelsFile = Annotated[
+    Path | None, typer.Option(help="TOML file of models, one [models.NAME] table each.")
+]
+Database = Annotated[
+    str | None,
+    typer.Option(
+        metavar="postgresql://...",
+        help="PostgreSQL shared by every node (env SDSERVE_DATABASE) [default: SQLite in the"
+        " data dir].",
+    ),
+]
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        metavar="s3://BUCKET[/PREFIX]?endpoint_url=...",
+        help="S3-compatible bucket for images (env SDSERVE_STORAGE) [default: the data dir].",
+    ),
+]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [default: auto].")]
+Queues = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--queue",
+        metavar="MODEL",
+        help="Take only this model's jobs; repeatable [default: every configured model].",
+    ),
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="torch CPU threads per worker [default: the cores, shared evenly]."),
+]
+
+
+@app.callback()
+def main() -> None:
+    """sdserve: a self-hosted Stable Diffusion inference server."""
+
+
+def _settings(flags: dict[str, Any]) -> Settings:
+    """Settings from the environment, overridden by the flags that were given."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on [default: 127.0.0.1; env SDSERVE_HOST]."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port [default: 8000; env SDSERVE_PORT].")
+    ] = None,
+    data_dir: DataDir = None,
+    model: Models = None,
+    models_file: ModelsFile = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY",
+            help="Accepted API key; repeatable (env SDSERVE_API_KEYS, comma-separated).",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes to start; 0 for an API-only node [default: 1]."),
+    ] = None,
+    device: Device = None,
+    database: Database = None,
+    storage: Storage = None,
+    queue: Queues = None,
+    threads: Threads = None,
+    output_format: Annotated[
+        OutputFormat | None,
+        typer.Option(help="url (signed, expiring links) or base64 (inline) [default: url]."),
+    ] = None,
+    result_ttl: Annotated[
+        float | None,
+        typer.Option(help="Seconds finished jobs and their images are kept [default: 1800]."),
+    ] = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base URL clients use, for image links.")
+    ] = None,
+) -> None:
+    """Start the HTTP API and its worker processes."""
+    from sdserve.server import UnsafeBinding
+    from sdserve.server import serve as run_server
+
+    settings = _settings(
+        {
+            "host": host,
+            "port": port,
+            "data_dir": data_dir,
+            "model": model or None,
+            "models_file": models_file,
+            "api_keys": api_key or None,
+            "workers": workers,
+            "device": device,
+            "database": database,
+            "storage": storage,
+            "queues": queue or None,
+            "cpu_threads": threads,
+            "output_format": output_format,
+            "result_ttl_s": result_ttl,
+            "public_url": public_url,
+        }
+    )
+    try:
+        run_server(settings)
+    except UnsafeBinding as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def worker(
+    database: Database = None,
+    device: Device = None,
+    data_dir: DataDir = None,
+    model: Models = None,
+    models_file: ModelsFile = None,
+    storage: Storage = None,
+    queue: Queues = None,
+    threads: Threads = None,
+) -> None:
+    """Run one worker (one per GPU) that takes jobs from the database; it needs no open port.
+
+    SIGTERM or Ctrl-C lets the running job finish, then exits; a second one exits at once
+    (the job then goes back to its queue at the API nodes' next sweep).
+    """
+    from sdserve.worker.process import UnknownQueue, worker_main
+
+    settings = _settings(
+        {
+            "database": database,
+            "device": device,
+            "data_dir": data_dir,
+            "model": model or None,
+            "models_file": models_file,
+            "storage": storage,
+            "queues": queue or None,
+            "cpu_threads": threads,
+        }
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, _drain_then_exit(stop))
+    signal.signal(signal.SIGINT, _drain_then_exit(stop))
+    worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    try:
+        worker_main(settings, worker_id, wake=None, events=None, parent_pid=None, stop=stop)
+    except UnknownQueue as exc:
+        raise typer.BadParameter(str(exc), param_hint="--queue") from None
+
+
+def _drain_then_exit(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        typer.echo("stopping after the running job (signal again to stop now)", err=True)
+        stop.set()
+
+    return handle
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: Database = None) -> None:
+    """Create or upgrade the PostgreSQL schema (safe while other nodes run or start)."""
+    from sdserve.jobs.pg_schema import upgrade
+
+    settings = _settings({"database": database})
+    if settings.database is None:
+        raise typer.BadParameter("give --database postgresql://... (or SDSERVE_DATABASE)")
+    applied = upgrade(settings.database)
+    typer.echo("\n".join(applied) if applied else "the schema is up to date")

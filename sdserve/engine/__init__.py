@@ -1,0 +1,1 @@
+"""The diffusers layer: loading models, schedulers, generating images (workers only)."""

@@ -1,0 +1,159 @@
+"""The built-in model: a tiny randomly initialised Stable Diffusion, created offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+# Imported from their modules: mypy reads diffusers' root lazy-import stubs as dummy classes.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+    StableDiffusionPipeline,
+)
+from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+_MAX_TOKENS = 77
+_LATENT_CHANNELS = 4
+
+
+def _write_tokenizer_files(folder: Path) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer with no merges, so it needs no download."""
+    chars = ByteLevel.alphabet()
+    tokens = sorted(chars) + sorted(c + "</w>" for c in chars) + [_BOS, _EOS]
+    vocab_file = folder / "vocab.json"
+    merges_file = folder / "merges.txt"
+    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n", encoding="utf-8")
+    return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=_MAX_TOKENS)
+
+
+def _unet() -> UNet2DConditionModel:
+    unet: UNet2DConditionModel = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=_LATENT_CHANNELS,
+        out_channels=_LATENT_CHANNELS,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    return unet
+
+
+def _vae() -> AutoencoderKL:
+    # Four blocks give a scale factor of 8, like real SD, so sizes and latents behave the same.
+    vae: AutoencoderKL = AutoencoderKL(
+        block_out_channels=[8, 16, 32, 32],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=_LATENT_CHANNELS,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=256,
+    )
+    _calibrate_vae(vae)
+    return vae
+
+
+def _calibrate_vae(vae: AutoencoderKL) -> None:
+    """Give the random VAE the two traits of a trained one that img2img depends on."""
+    quant_conv = vae.quant_conv  # its output: latent means, then log-variances
+    assert quant_conv is not None and quant_conv.bias is not None  # AutoencoderKL's default
+    with torch.no_grad():
+        # A trained encoder is nearly certain of its latents (posterior std near 0); a random
+        # one's std of about 1 would bury the init image under noise at any prompt_strength.
+        quant_conv.bias[_LATENT_CHANNELS:] = -20.0
+        # SD's scaling factor is 1 / the std of its latents; measured the same way here, a given
+        # prompt_strength noises the init image as much as on a real model.
+        probe = torch.rand(4, 3, 64, 64) * 2 - 1
+        latent_std = vae.encode(probe).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1 / latent_std)  # type: ignore[no-untyped-call]
+
+
+def _text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    vocab = tokenizer.get_vocab()
+    config = CLIPTextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=_MAX_TOKENS,
+        projection_dim=64,
+        vocab_size=len(vocab),
+        bos_token_id=vocab[_BOS],
+        eos_token_id=vocab[_EOS],
+        pad_token_id=vocab[_EOS],
+    )
+    return CLIPTextModel(config)
+
+
+def _scheduler() -> LMSDiscreteScheduler:
+    # SD 1.5's training schedule, so every sampler sees the betas it would see on a real model.
+    scheduler: LMSDiscreteScheduler = LMSDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+    )
+    return scheduler
+
+
+def build_random_pipeline(path: Path, seed: int = 0) -> None:
+    """Create a tiny random SD pipeline in diffusers format at `path`, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Built next to `path` so that the final rename stays on one filesystem and is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tokenizer = _write_tokenizer_files(staging)
+        # fork_rng: seeding here must not change the random numbers the caller sees afterwards.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            pipe = _random_pipeline(tokenizer)
+        model_dir = staging / "model"
+        pipe.save_pretrained(model_dir, safe_serialization=True)
+        model_dir.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _random_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
+    # diffusers annotates `scheduler` as an enum and the optional parts as required.
+    return StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=_unet(),
+        scheduler=_scheduler(),  # type: ignore[arg-type]
+        safety_checker=None,  # type: ignore[arg-type]
+        feature_extractor=None,  # type: ignore[arg-type]
+        requires_safety_checker=False,
+    )
+
+
+def ensure_builtin_model(path: Path) -> bool:
+    """Build the built-in model at `path` unless one is there; True if it was created."""
+    if (path / "model_index.json").is_file():
+        return False
+    try:
+        build_random_pipeline(path)
+    except OSError:
+        # Another process (a worker on another device) finished building it first.
+        if (path / "model_index.json").is_file():
+            return False
+        raise
+    return True

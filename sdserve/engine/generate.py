@@ -1,0 +1,200 @@
+"""Running one GenerationRequest through txt2img, img2img or inpaint."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from PIL import Image
+
+from sdserve.engine.loras import applied_lora
+from sdserve.engine.pipelines import PipelineSet
+from sdserve.engine.prompts import weighted_embeddings
+from sdserve.engine.safety import blanked, is_nsfw
+from sdserve.engine.schedulers import make_scheduler, supports_init_image
+from sdserve.jobs.loras import find_lora
+from sdserve.jobs.models import GenerationRequest
+
+Mode = Literal["txt2img", "img2img", "inpaint"]
+OnStep = Callable[[int, int], None]
+"""Called after every denoising step with (steps done, steps in the whole request)."""
+
+
+class UnsupportedRequest(ValueError):
+    """A request this engine cannot run; the message is meant for the person who sent it."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The server's settings that shape every generation (`Settings` fields of the same names)."""
+
+    loras_dir: Path | None = None
+    """Folder of installed LoRAs; None: a request naming a LoRA is refused."""
+    compel_everywhere: bool = False
+    """Parse every request's prompts with compel's weighting syntax, asked for or not."""
+    nsfw_check: bool = True
+    """Run the safety check on every image; off, every verdict is False."""
+
+
+@dataclass
+class GeneratedImage:
+    """One output image, the seed that reproduces it alone, and the safety check's verdict."""
+
+    image: Image.Image
+    seed: int
+    nsfw: bool = False
+
+
+def choose_mode(request: GenerationRequest) -> Mode:
+    """Which pipeline `request` needs, refusing what none can run."""
+    if request.num_inference_steps < 1:
+        raise UnsupportedRequest(
+            f"num_inference_steps must be at least 1 (got {request.num_inference_steps})"
+        )
+    if request.init_image is None:
+        if request.mask is not None:
+            raise UnsupportedRequest("a mask needs an init_image to paint into")
+        return "txt2img"
+    mode: Mode = "img2img" if request.mask is None else "inpaint"
+    if not supports_init_image(request.scheduler):
+        task = "inpainting" if mode == "inpaint" else "image-to-image"
+        raise UnsupportedRequest(
+            f"scheduler {request.scheduler} cannot be used for {task}; choose another, e.g. K-LMS"
+        )
+    return mode
+
+
+def generate(
+    pipes: PipelineSet,
+    request: GenerationRequest,
+    on_step: OnStep,
+    options: EngineOptions = EngineOptions(),
+) -> list[GeneratedImage]:
+    """Make the request's images one at a time, calling `on_step` after every denoising step."""
+    mode = choose_mode(request)
+    init = _open_image(request.init_image, "RGB", "init_image", request)
+    mask = _open_image(request.mask, "L", "mask", request)
+    lora = _lora_file(request, options)
+    progress = _Progress(on_step, request.num_outputs)
+    results = []
+    with applied_lora(pipes.txt2img, lora, request.lora_scale):
+        prompts = _prompt_arguments(pipes, request, options)
+        for index in range(request.num_outputs):
+            seed = request.image_seed(index)
+            image = _generate_one(pipes, request, mode, init, mask, seed, progress, prompts)
+            if init is not None and mask is not None:
+                # The VAE round trip alters every pixel; like A1111, the kept area comes back.
+                image = Image.composite(image, init, mask)
+            nsfw = options.nsfw_check and is_nsfw(pipes, image)
+            if nsfw and request.blank_nsfw:
+                image = blanked(image)
+            results.append(GeneratedImage(image=image, seed=seed, nsfw=nsfw))
+    return results
+
+
+def _lora_file(request: GenerationRequest, options: EngineOptions) -> Path | None:
+    if request.lora is None:
+        return None
+    if options.loras_dir is None:
+        raise UnsupportedRequest(f"LoRA {request.lora!r} was asked for, but no LoRA folder is set")
+    return find_lora(options.loras_dir, request.lora)
+
+
+def _prompt_arguments(
+    pipes: PipelineSet, request: GenerationRequest, options: EngineOptions
+) -> dict[str, Any]:
+    """The prompts as the pipelines take them: text, or compel's weighted embeddings."""
+    # Computed once per request, with the LoRA applied (it may change the text encoder).
+    if request.use_compel or options.compel_everywhere:
+        return weighted_embeddings(pipes.txt2img, request.prompt, request.negative_prompt)
+    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
+
+
+def _generate_one(
+    pipes: PipelineSet,
+    request: GenerationRequest,
+    mode: Mode,
+    init: Image.Image | None,
+    mask: Image.Image | None,
+    seed: int,
+    progress: _Progress,
+    prompts: dict[str, Any],
+) -> Image.Image:
+    pipe = (
+        pipes.txt2img
+        if mode == "txt2img"
+        else pipes.inpaint
+        if mode == "inpaint"
+        else pipes.img2img
+    )
+    # A fresh scheduler and generator per image: image i of a batch is then exactly the image a
+    # one-image request with its seed gives.
+    pipe.scheduler = make_scheduler(request.scheduler, pipes.scheduler_config)
+    # Any: diffusers annotates callback_on_step_end as taking two arguments; it passes four.
+    arguments: dict[str, Any] = {
+        **prompts,
+        "guidance_scale": request.guidance_scale,
+        "num_inference_steps": request.num_inference_steps,
+        "generator": torch.Generator(pipes.device).manual_seed(seed),
+        "callback_on_step_end": progress,
+    }
+    if mode != "img2img":  # img2img takes its size from the init image
+        arguments |= {"width": request.width, "height": request.height}
+    if mode != "txt2img":
+        arguments |= {"image": init, "strength": _strength(request)}
+    if mode == "inpaint":
+        arguments["mask_image"] = mask
+    # The pipelines carry no safety checker (see load_pipelines): `generate` runs the check.
+    images, _ = pipe(**arguments, return_dict=False)
+    image: Image.Image = images[0]
+    return image
+
+
+def _strength(request: GenerationRequest) -> float:
+    # diffusers runs int(steps * strength) steps and fails when that is none. Like A1111, a
+    # strength too small for one step runs exactly one: 1.5 / steps stays clear of float rounding.
+    return max(request.prompt_strength, min(1.0, 1.5 / request.num_inference_steps))
+
+
+def _open_image(
+    data: bytes | None, mode: str, field: str, request: GenerationRequest
+) -> Image.Image | None:
+    if data is None:
+        return None
+    try:
+        image = Image.open(io.BytesIO(data)).convert(mode)
+    except OSError as error:
+        raise UnsupportedRequest(f"{field} is not a readable image") from error
+    if image.size != (request.width, request.height):
+        raise UnsupportedRequest(
+            f"{field} is {image.width}x{image.height}, "
+            f"but the request is {request.width}x{request.height}"
+        )
+    return image
+
+
+class _StepCounting(Protocol):
+    @property
+    def num_timesteps(self) -> int: ...
+
+
+class _Progress:
+    """The step callback: counts steps across the request's images and reports them."""
+
+    def __init__(self, on_step: OnStep, images: int) -> None:
+        self._on_step = on_step
+        self._images = images
+        self._done = 0
+
+    def __call__(
+        self, pipe: _StepCounting, step: int, timestep: object, tensors: dict[str, object]
+    ) -> dict[str, object]:
+        self._done += 1
+        # num_timesteps is what diffusers really runs (second-order samplers take about twice
+        # the steps, img2img only strength * steps); every image runs the same schedule.
+        self._on_step(self._done, pipe.num_timesteps * self._images)
+        return tensors

@@ -1,0 +1,122 @@
+"""Input images: accepted as http(s) URL, data URI or bare base64, normalised to PNG bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+import httpx
+from PIL import Image, ImageOps
+
+from sdserve.jobs.errors import InvalidInput
+
+_MAX_PIXELS = 64_000_000
+"""Larger images are refused before decoding (Pillow's decompression-bomb guard)."""
+
+
+async def fetch_bytes(field: str, url: str, timeout_s: float, max_bytes: int) -> bytes:
+    """Download `url`, refusing bodies over `max_bytes` and downloads slower than `timeout_s`."""
+    try:
+        async with (
+            httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise InvalidInput(field, f"could not fetch {url}: HTTP {response.status_code}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput(field, f"image at {url} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise InvalidInput(field, f"could not fetch {url}: {type(exc).__name__}") from None
+
+
+def decode_base64(field: str, value: str) -> bytes:
+    """Bytes of a data URI (`data:image/png;base64,...`) or of bare base64 text."""
+    payload = value.partition(",")[2] if value.startswith("data:") else value
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(
+            field, "must be an http(s) URL, a data URI or base64-encoded image bytes"
+        ) from None
+
+
+async def read_image(
+    field: str, value: str | bytes, timeout_s: float, max_bytes: int
+) -> Image.Image:
+    """Decode an image given in any accepted form, or uploaded as raw bytes."""
+    if isinstance(value, bytes):
+        data = value
+    elif value.startswith(("http://", "https://")):
+        data = await fetch_bytes(field, value, timeout_s, max_bytes)
+    else:
+        data = decode_base64(field, value)
+    return open_image(field, data)
+
+
+def open_image(field: str, data: bytes) -> Image.Image:
+    """Decode image bytes, refusing what is not an image or is absurdly large."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > _MAX_PIXELS:
+                raise InvalidInput(field, f"image is larger than {_MAX_PIXELS} pixels")
+            image.load()
+    except InvalidInput:
+        raise
+    except Exception:
+        raise InvalidInput(field, "is not a readable image (PNG, JPEG, WebP, ...)") from None
+    return ImageOps.exif_transpose(image)
+
+
+def to_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def prepare_init_image(image: Image.Image, width: int, height: int) -> bytes:
+    """The init image as RGB PNG bytes at the requested size."""
+    rgb = image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
+    return to_png(rgb)
+
+
+def prepare_mask(image: Image.Image, width: int, height: int, invert: bool) -> bytes:
+    """The mask as greyscale PNG bytes at the requested size, white = repaint (diffusers)."""
+    grey = _flatten_alpha(image).convert("L")
+    if grey.size != (width, height):
+        grey = grey.resize((width, height), Image.Resampling.NEAREST)
+    if invert:
+        grey = ImageOps.invert(grey)
+    return to_png(grey)
+
+
+def alpha_mask(field: str, image: Image.Image) -> Image.Image:
+    """OpenAI's mask (fully transparent pixels are edited) as a mask with white = repaint."""
+    if not _has_alpha(image):
+        raise InvalidInput(
+            field, "must have an alpha channel: its fully transparent pixels mark the area to edit"
+        )
+    return image.convert("RGBA").getchannel("A").point(lambda alpha: 255 if alpha == 0 else 0)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba)
+    return image

@@ -1,0 +1,134 @@
+"""Builds the embedded server: job store, workers, housekeeping and the HTTP API in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from sdserve import __version__
+from sdserve.api import files, loras, runpod
+from sdserve.api.auth import KeyChecker
+from sdserve.api.context import ApiContext
+from sdserve.api.dialects import DIALECTS
+from sdserve.api.errors import install_error_handlers, renderer_for
+from sdserve.api.limits import MB, BodyLimitMiddleware
+from sdserve.jobs.backends import open_job_store
+from sdserve.jobs.models import Job
+from sdserve.jobs.service import JobService
+from sdserve.jobs.watcher import JobWatcher
+from sdserve.registry import load_registry
+from sdserve.settings import Settings
+from sdserve.storage.base import open_image_store
+from sdserve.storage.signing import UrlSigner, load_secret
+from sdserve.sweeper import run_sweeper
+from sdserve.webhooks import run_webhooks
+from sdserve.worker.supervisor import WorkerSupervisor
+
+log = logging.getLogger(__name__)
+
+
+class UnsafeBinding(Exception):
+    """Refusing to serve without API keys on an address other machines can reach."""
+
+
+def body_limit(path: str) -> int:
+    """20 MB for synchronous calls, 10 MB for everything else (API.md section 1)."""
+    return 20 * MB if path.endswith("/runsync") else 10 * MB
+
+
+def check_binding(settings: Settings) -> None:
+    if not settings.api_keys and not settings.is_loopback:
+        raise UnsafeBinding(
+            f"refusing to listen on {settings.host} without API keys: set --api-key"
+            " (or SDSERVE_API_KEYS), or listen on 127.0.0.1"
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The whole embedded server as an ASGI app; workers start with the app's lifespan."""
+    check_binding(settings)
+    store = open_job_store(settings)
+    registry = load_registry(settings.data_dir, settings.models_file, settings.model)
+    watcher = JobWatcher(store)
+    supervisor = WorkerSupervisor(settings, store, settings.workers, on_job_event=watcher.notify)
+    service = JobService(
+        store,
+        registry,
+        watcher=watcher,
+        wake_workers=supervisor.wake,
+        max_queue=settings.max_queue,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+    )
+    images = open_image_store(settings.storage, settings.images_dir)
+    ctx = ApiContext(
+        settings=settings,
+        service=service,
+        keys=KeyChecker(settings.api_keys),
+        images=images,
+        signer=UrlSigner(load_secret(settings.secret_key, settings.data_dir)),
+    )
+
+    renderers = {d.name: d.render_webhook for d in DIALECTS if d.render_webhook is not None}
+
+    def render_webhook(job: Job) -> dict[str, Any]:
+        return renderers.get(job.dialect, runpod.render_webhook)(job, ctx)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.database is None:
+            # Embedded: nothing runs before this start, so whatever was IN_PROGRESS lost its
+            # worker. (Shared: other machines' workers may be running; heartbeats tell.)
+            now = time.time()
+            requeued = store.requeue_orphans(None, now + 1, settings.max_attempts, now)
+            if requeued:
+                log.warning("re-queued %d job(s) interrupted by the last shutdown", len(requeued))
+        supervisor.start()
+        tasks = [
+            asyncio.create_task(run_sweeper(store, images, settings)),
+            asyncio.create_task(
+                run_webhooks(
+                    store, render_webhook, settings.webhook_attempts, settings.webhook_timeout_s
+                )
+            ),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await service.close()
+            await asyncio.to_thread(supervisor.stop)
+            await asyncio.to_thread(store.close)
+
+    app = FastAPI(title="sdserve", version=__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+    render_for = renderer_for({p: r for d in DIALECTS for p, r in d.error_shapes.items()})
+    install_error_handlers(app, render_for)
+    app.include_router(files.router)
+    app.include_router(loras.router)
+    for dialect in DIALECTS:
+        for router, prefix in dialect.routers:
+            app.include_router(router, prefix=prefix)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, render_for=render_for)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the embedded server until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)
+    log.info(
+        "sdserve %s on http://%s:%s (data in %s)",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.data_dir,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

@@ -1,0 +1,114 @@
+"""All of sdserve's settings, read once at start from SDSERVE_* variables and CLI flags."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OutputFormat = Literal["url", "base64"]
+
+
+class Settings(BaseSettings):
+    """Server settings; frozen once read so nothing changes them behind a running server."""
+
+    model_config = SettingsConfigDict(env_prefix="SDSERVE_", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address the HTTP API listens on."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """TCP port of the HTTP API (0 picks a free one)."""
+    data_dir: Path = Path("sdserve-data")
+    """Folder for the job database, images and the built-in model (default ./sdserve-data)."""
+    database: str | None = None
+    """`postgresql://...` to share jobs between machines (default: SQLite in the data dir)."""
+    storage: str | None = None
+    """`s3://bucket[/prefix]?endpoint_url=...&region=...` for images (default: the data dir)."""
+    queues: Annotated[list[str], NoDecode] = []
+    """Models whose jobs this node's workers take (default: every configured model)."""
+    cpu_threads: int | None = Field(default=None, ge=1)
+    """torch threads per CPU worker (default: the cores shared evenly between workers)."""
+    models_file: Path | None = None
+    """TOML file of models (`[models.NAME]` tables with source, aliases, max_size, config)."""
+    model: Annotated[list[str], NoDecode] = []
+    """`SOURCE` (the default model) or `NAME=SOURCE`; repeatable, comma-separated in env."""
+    api_keys: Annotated[list[str], NoDecode] = []
+    """Accepted API keys (SDSERVE_API_KEYS is comma-separated); none = open, loopback only."""
+    workers: int = Field(default=1, ge=0, le=64)
+    """Worker processes started by `serve`, one per device."""
+    device: str = "auto"
+    """Device the workers run on: auto, cpu, cuda or cuda:N."""
+    max_loaded_models: int = Field(default=1, ge=1)
+    """Pipelines kept in memory per worker (least recently used is unloaded)."""
+    result_ttl_s: float = Field(default=1800.0, gt=0)
+    """Seconds a finished job and its images are kept (default 30 minutes)."""
+    output_format: OutputFormat = "url"
+    """`url`: output images as signed, expiring URLs; `base64`: inline PNG base64."""
+    public_url: str | None = None
+    """Base URL clients reach this server at, used in image URLs (default http://host:port)."""
+    secret_key: str | None = None
+    """Key signing image URLs (default: generated once and kept in the data directory)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Runs a job gets when its worker process dies under it before it is FAILED."""
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    """Seconds without a worker heartbeat before its running job goes back to the queue."""
+    max_queue: int = Field(default=1000, ge=1)
+    """Queued jobs per endpoint beyond which /run answers 429."""
+    webhook_attempts: int = Field(default=5, ge=1)
+    """Deliveries tried per webhook before giving up (exponential backoff)."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    """Seconds one webhook delivery may take."""
+    fetch_timeout_s: float = Field(default=15.0, gt=0)
+    """Seconds allowed to download an init_image or mask URL."""
+    fetch_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    """Largest init_image or mask download accepted, in bytes."""
+    compel_everywhere: bool = False
+    """Parse every dialect's prompts with compel's weighting syntax (DeepInfra asks per request)."""
+    lora_dir: Path | None = None
+    """Folder of LoRA `.safetensors` files, named by file stem (default <data-dir>/loras)."""
+    enhance_prompt_suffix: str = ""
+    """Appended to ModelsLab prompts sent with `enhance_prompt: "yes"` (default: nothing)."""
+    modelslab_wait_s: float = Field(default=30.0, ge=0, le=300)
+    """Seconds a ModelsLab generation call waits for its images before answering `processing`."""
+    nsfw_check: bool = True
+    """Run the safety check on every image (the model's own checker, else NudeNet)."""
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    """Seconds between sweeps for expired jobs and timed-out runs."""
+
+    @field_validator("database")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("database must be a postgresql:// URL (leave it unset for SQLite)")
+        return value
+
+    @field_validator("model", "api_keys", "queues", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def loras_dir(self) -> Path:
+        return self.lora_dir or self.data_dir / "loras"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"

@@ -1,0 +1,1 @@
+"""Image bytes: where finished images are kept and how clients are allowed to fetch them."""

@@ -1,0 +1,187 @@
+"""The worker process: loads pipelines in a setup step, then takes jobs until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.queues import SimpleQueue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdserve.engine.generate import GeneratedImage
+    from sdserve.engine.pipelines import PipelineCache
+
+from sdserve.jobs.backends import open_job_store
+from sdserve.jobs.models import GenerationRequest
+from sdserve.jobs.store import JobStore
+from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
+from sdserve.settings import Settings
+from sdserve.storage.base import open_image_store
+from sdserve.worker.runner import Generate, JobRunner
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+_IDLE_WAIT_S = 0.5
+_RETRY_S = 2.0
+
+
+class _Heartbeat(threading.Thread):
+    """Tells the store this worker lives; exits the process if its parent server died."""
+
+    def __init__(self, store: JobStore, worker_id: str, parent_pid: int | None) -> None:
+        super().__init__(daemon=True, name="heartbeat")
+        self.store = store
+        self.worker_id = worker_id
+        self.parent_pid = parent_pid
+        self.job_id: str | None = None
+
+    def run(self) -> None:
+        while True:
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.warning("worker %s: the server process is gone; exiting", self.worker_id)
+                os._exit(0)
+            try:
+                self.store.heartbeat(self.worker_id, self.job_id, time.time())
+            except Exception:
+                log.exception("worker %s: heartbeat failed", self.worker_id)
+            time.sleep(HEARTBEAT_S)
+
+
+def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
+    """Create the built-in model on first start, and load a model before any job."""
+    from sdserve.engine.default_model import ensure_builtin_model
+
+    if spec is None:
+        return
+    if spec.builtin and ensure_builtin_model(Path(spec.source)):
+        log.warning(
+            "created the built-in model at %s: it has RANDOM weights and draws noise;"
+            " configure a real model with --model",
+            spec.source,
+        )
+    try:
+        cache.get(spec)
+    except Exception:
+        log.exception("could not load the default model %s; its jobs will fail", spec.name)
+
+
+def _share_cpu_cores(workers: int, threads: int | None) -> None:
+    """Split the cores between CPU workers: oversubscribed torch threads slow down many-fold."""
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, workers)))
+
+
+def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineCache) -> Generate:
+    """The worker's Generate: the request's model from `cache`, run under the server's settings."""
+    from sdserve.engine.generate import EngineOptions, generate
+
+    options = EngineOptions(
+        loras_dir=settings.loras_dir,
+        compel_everywhere=settings.compel_everywhere,
+        nsfw_check=settings.nsfw_check,
+    )
+
+    def run_request(
+        request: GenerationRequest, on_step: Callable[[int, int], None]
+    ) -> list[GeneratedImage]:
+        spec = registry.resolve(request.model)
+        if spec is None:
+            raise ValueError(f"model {request.model!r} is not configured on this worker")
+        try:
+            pipes = cache.get(spec)
+        except Exception as exc:
+            log.exception("could not load model %s", spec.name)
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ValueError(
+                f"could not load model {spec.name!r} from {spec.source}: {reason}"
+            ) from None
+        return generate(pipes, request, on_step, options)
+
+    return run_request
+
+
+def worker_main(
+    settings: Settings,
+    worker_id: str,
+    wake: Event | None,
+    events: SimpleQueue[str | None] | None,
+    parent_pid: int | None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run a worker: spawned by `serve` (with `wake`, `events` and `parent_pid`), or on its own
+    (`sdserve worker`, which sets `stop` to drain: the running job ends, then the loop)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Imported here so that the API process, which imports this module, never loads torch.
+    from sdserve.engine.pipelines import PipelineCache, resolve_device
+
+    registry = load_registry(settings.data_dir, settings.models_file, settings.model)
+    models = served_models(settings, registry)
+    store = open_job_store(settings, models)
+    device = resolve_device(settings.device)
+    if device == "cpu":
+        _share_cpu_cores(settings.workers if parent_pid is not None else 1, settings.cpu_threads)
+    cache = PipelineCache(device, max_models=settings.max_loaded_models)
+
+    # Warm the default model when this worker serves it, else the first model it serves.
+    _prepare_default(
+        registry.resolve(DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]), cache
+    )
+    # The first heartbeat announces the worker: only once it can take jobs at full speed.
+    heartbeat = _Heartbeat(store, worker_id, parent_pid)
+    heartbeat.start()
+    log.info("worker %s ready on %s for %s", worker_id, device, ", ".join(models))
+    generate = request_runner(settings, registry, cache)
+    runner = JobRunner(store, open_image_store(settings.storage, settings.images_dir), generate)
+    stop = stop or threading.Event()
+    try:
+        while not stop.is_set():
+            if wake is not None:
+                wake.clear()
+            try:
+                job = store.claim(worker_id, time.time())
+            except Exception:  # the database is away: wait for it rather than exit
+                log.exception("worker %s: could not take a job; retrying", worker_id)
+                stop.wait(_RETRY_S)
+                continue
+            if job is None:
+                if wake is not None and settings.database is None:
+                    wake.wait(_IDLE_WAIT_S)  # the embedded server wakes its own workers
+                else:
+                    store.wait_for_jobs(_IDLE_WAIT_S)
+                continue
+            heartbeat.job_id = job.id
+            log.info("worker %s: running job %s (attempt %d)", worker_id, job.id, job.attempts)
+            runner.run(job)
+            heartbeat.job_id = None
+            if events is not None:
+                events.put(job.id)
+    finally:
+        if parent_pid is None:
+            store.remove_worker(worker_id)
+            store.close()
+
+
+class UnknownQueue(ValueError):
+    """`--queue` names a model this worker is not configured with."""
+
+
+def served_models(settings: Settings, registry: ModelRegistry) -> list[str]:
+    """The models this worker takes jobs for: `queues` (names or aliases), else all it has.
+    Jobs carry their model's own name, never an alias, so those are the queues."""
+    if not settings.queues:
+        return [spec.name for spec in registry.models]
+    names: list[str] = []
+    for queue in settings.queues:
+        spec = registry.resolve(queue)
+        if spec is None:
+            raise UnknownQueue(f"{queue!r} is not a configured model; have {registry.names}")
+        if spec.name not in names:
+            names.append(spec.name)
+    return names

@@ -1,0 +1,102 @@
+"""Starts the worker processes of an embedded server and replaces any that die."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import SimpleQueue
+
+from sdserve.jobs.store import JobStore
+from sdserve.settings import Settings
+from sdserve.worker.process import worker_main
+
+log = logging.getLogger(__name__)
+
+_CHECK_S = 0.5
+
+
+class WorkerSupervisor:
+    """Keeps `count` spawned workers alive; a dead worker's job goes back to the queue."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        count: int,
+        on_job_event: Callable[[str], None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._count = count
+        self._ctx = multiprocessing.get_context("spawn")
+        self._wake = self._ctx.Event()
+        # Workers report finished jobs here, so waiters wake at once without polling.
+        self._events: SimpleQueue[str | None] = self._ctx.SimpleQueue()
+        self._on_job_event = on_job_event
+        self._relay = threading.Thread(target=self._relay_events, daemon=True, name="job-events")
+        self._workers: dict[str, BaseProcess] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="supervisor")
+
+    def wake(self) -> None:
+        """Tell idle workers that a job is waiting."""
+        self._wake.set()
+
+    def start(self) -> None:
+        for _ in range(self._count):
+            self._spawn()
+        self._thread.start()
+        self._relay.start()
+
+    def _relay_events(self) -> None:
+        while (job_id := self._events.get()) is not None:
+            self._on_job_event(job_id)
+
+    def _spawn(self) -> None:
+        worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(self._settings, worker_id, self._wake, self._events, os.getpid()),
+            name=worker_id,
+            daemon=True,
+        )
+        process.start()
+        self._workers[worker_id] = process
+        log.info("started %s (pid %s)", worker_id, process.pid)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(_CHECK_S):
+            for worker_id, process in list(self._workers.items()):
+                if process.is_alive() or self._stopping.is_set():
+                    continue
+                log.error(
+                    "%s died (exit code %s); starting a new worker", worker_id, process.exitcode
+                )
+                del self._workers[worker_id]
+                requeued = self._store.requeue_orphans(
+                    [worker_id], 0.0, self._settings.max_attempts, time.time()
+                )
+                self._store.remove_worker(worker_id)
+                if requeued:
+                    log.warning("job(s) %s of %s went back to the queue", requeued, worker_id)
+                for job_id in requeued:
+                    self._on_job_event(job_id)
+                self._spawn()
+                self.wake()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._events.put(None)
+        for process in self._workers.values():
+            process.terminate()
+        for worker_id, process in self._workers.items():
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+            self._store.remove_worker(worker_id)

@@ -1,0 +1,153 @@
+"""Bad input and auth: clear 4xx answers naming the field and the rule, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import API_KEY, OTHER_KEY
+from tests.helpers import ServerProcess, png_data_uri, wait_for
+
+MB = 1024 * 1024
+MASK_ONLY = "<a valid mask, no init_image>"
+INIT = png_data_uri(Image.new("RGB", (128, 128)))
+
+
+def post_input(client: httpx.Client, input: dict[str, object]) -> httpx.Response:
+    return client.post("/v2/default/run", json={"input": {"prompt": "p", **input}})
+
+
+@pytest.mark.parametrize(
+    ("input", "field", "rule"),
+    [
+        ({"width": 500}, "input.width", "multiple of 8 between 128 and"),
+        ({"height": 64}, "input.height", "multiple of 8 between 128 and"),
+        ({"width": 4096}, "input.width", "(got 4096)"),
+        ({"guidance_scale": 25}, "input.guidance_scale", "less than or equal to 20"),
+        ({"guidance_scale": 0.5}, "input.guidance_scale", "greater than or equal to 1"),
+        ({"num_inference_steps": 0}, "input.num_inference_steps", "greater than or equal to 1"),
+        ({"num_inference_steps": 501}, "input.num_inference_steps", "less than or equal to 500"),
+        ({"num_outputs": 11}, "input.num_outputs", "less than or equal to 10"),
+        ({"prompt_strength": 1.5}, "input.prompt_strength", "less than or equal to 1"),
+        ({"scheduler": "FOO"}, "input.scheduler", "must be one of DDIM"),
+        ({"seed": -1}, "input.seed", "greater than or equal to 0"),
+        ({"seed": "abc"}, "input.seed", "valid integer"),
+        ({"prompt": ""}, "input.prompt", "at least 1 character"),
+        ({"prompt": "   "}, "input.prompt", "must not be blank"),
+        ({"colour": "red"}, "input.colour", "unknown field"),
+        ({"init_image": "not base64!!"}, "input.init_image", "http(s) URL, a data URI or base64"),
+        ({"init_image": "aGVsbG8="}, "input.init_image", "not a readable image"),
+        ({"init_image": "http://127.0.0.1:9/x.png"}, "input.init_image", "could not fetch"),
+        ({"scheduler": "IPNDM", "init_image": INIT}, "input.scheduler", "cannot start from"),
+        ({"mask": MASK_ONLY}, "input.mask", "needs input.init_image"),
+    ],
+)
+def test_invalid_field_is_a_400_naming_it(
+    client: httpx.Client, input: dict[str, object], field: str, rule: str
+) -> None:
+    if input.get("mask") == MASK_ONLY:
+        input = {"mask": png_data_uri(Image.new("L", (128, 128)))}
+    r = post_input(client, input)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert field in body["error"] and rule in body["error"], body
+    assert any(e["field"] == field for e in body["errors"])
+
+
+def test_several_bad_fields_are_all_named(client: httpx.Client) -> None:
+    r = post_input(client, {"guidance_scale": 99, "num_outputs": 0})
+    assert r.status_code == 400
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert fields == {"input.guidance_scale", "input.num_outputs"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "input"),
+        ({"input": {}}, "input.prompt"),
+        ({"input": {"prompt": "p"}, "extra": 1}, "extra"),
+        ({"input": {"prompt": "p"}, "webhook": "ftp://x"}, "webhook"),
+        ({"input": {"prompt": "p"}, "policy": {"ttl": -5}}, "policy.ttl"),
+        ({"input": {"prompt": "p"}, "policy": {"executionTimeout": "x"}}, "policy.executionTimeout"),  # noqa: E501
+        ({"input": "a cat"}, "input"),
+    ],
+)  # fmt: skip
+def test_invalid_body_is_a_400(client: httpx.Client, body: object, field: str) -> None:
+    r = client.post("/v2/default/run", json=body)
+    assert r.status_code == 400, r.text
+    assert any(e["field"] == field for e in r.json()["errors"]), r.json()
+
+
+def test_invalid_json_is_a_400(client: httpx.Client) -> None:
+    r = client.post(
+        "/v2/default/run", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert "not valid JSON" in r.json()["error"]
+
+
+def test_runsync_wait_out_of_range(client: httpx.Client) -> None:
+    r = client.post(
+        "/v2/default/runsync?wait=300001", json={"input": {"prompt": "p", "width": 128}}
+    )
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "wait"
+
+
+def test_body_limits(client: httpx.Client) -> None:
+    blob = "A" * (11 * MB)
+    r = client.post("/v2/default/run", json={"input": {"prompt": "p", "init_image": blob}})
+    assert r.status_code == 413
+    # /runsync allows 20 MB: the same body gets past the size check to validation
+    r = client.post("/v2/default/runsync", json={"input": {"prompt": "p", "init_image": blob}})
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] == "input.init_image"
+    r = client.post("/v2/default/runsync", json={"input": {"prompt": "p", "x": "A" * 21 * MB}})
+    assert r.status_code == 413
+
+
+def test_unknown_job_and_endpoint_are_404(client: httpx.Client) -> None:
+    assert client.get("/v2/default/status/nope").status_code == 404
+    assert client.post("/v2/default/cancel/nope").status_code == 404
+    assert client.post("/v2/default/retry/nope").status_code == 404
+    assert client.get("/v2/default/stream/nope").status_code == 404
+    r = client.post("/v2/no-such-model/run", json={"input": {"prompt": "p"}})
+    assert r.status_code == 404
+    assert "no-such-model" in r.json()["error"] and "default" in r.json()["error"]
+    assert client.get("/v2/no-such-model/health").status_code == 404
+    assert client.get("/v3/default/health").status_code == 404
+
+
+def test_missing_or_wrong_key_is_401(server: ServerProcess) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"}):
+        r = httpx.post(
+            f"{server.url}/v2/default/run", json={"input": {"prompt": "p"}}, headers=headers
+        )
+        assert r.status_code == 401, headers
+        assert "error" in r.json()
+    r = httpx.get(f"{server.url}/v2/default/health")
+    assert r.status_code == 401
+
+
+def test_bare_key_is_accepted(server: ServerProcess) -> None:
+    r = httpx.get(f"{server.url}/v2/default/health", headers={"Authorization": API_KEY})
+    assert r.status_code == 200
+
+
+def test_another_keys_job_is_invisible(client: httpx.Client, server: ServerProcess) -> None:
+    r = client.post(
+        "/v2/default/run",
+        json={"input": {"prompt": "p", "width": 128, "height": 128, "num_inference_steps": 2}},
+    )
+    job_id = r.json()["id"]
+    other = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {OTHER_KEY}"})
+    for method, path in [
+        ("GET", f"/v2/default/status/{job_id}"),
+        ("POST", f"/v2/default/cancel/{job_id}"),
+        ("POST", f"/v2/default/retry/{job_id}"),
+        ("GET", f"/v2/default/stream/{job_id}"),
+    ]:
+        assert other.request(method, path).status_code == 404, path
+    assert wait_for(client, f"/v2/default/status/{job_id}", {"COMPLETED"})["status"] == "COMPLETED"

@@ -1,0 +1,79 @@
+"""Fixtures: a tiny real SD pipeline on disk, and real sdserve servers using it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ServerProcess, running_server
+from tests.pg import fresh_database
+from tests.s3server import moto_s3_server, s3_env
+
+API_KEY = "test-key-1"
+OTHER_KEY = "test-key-2"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised SD-architecture pipeline saved in diffusers format."""
+    from sdserve.engine.default_model import build_random_pipeline
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    build_random_pipeline(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
+    """One server with two API keys, shared by a test module."""
+    data_dir = tmp_path_factory.mktemp("data")
+    env = {"SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}", "SDSERVE_SWEEP_INTERVAL_S": "0.5"}
+    with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto) on loopback for the whole session."""
+    with moto_s3_server() as url:
+        yield url
+
+
+def shared_env(
+    database: str, s3_endpoint: str, bucket: str, prefix: str = "images"
+) -> dict[str, str]:
+    """Settings of a shared-mode node: PostgreSQL jobs, S3 images under `bucket/prefix`."""
+    return {
+        **s3_env(),
+        "SDSERVE_DATABASE": database,
+        "SDSERVE_STORAGE": f"s3://{bucket}/{prefix}?endpoint_url={s3_endpoint}",
+    }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql+s3"])
+def backend_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Iterator[ServerProcess]:
+    """Like `server`, once embedded (SQLite, local images) and once shared (PostgreSQL, S3)."""
+    data_dir = tmp_path_factory.mktemp("data")
+    env = {"SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}", "SDSERVE_SWEEP_INTERVAL_S": "0.5"}
+    if request.param == "sqlite":
+        with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
+            yield srv
+        return
+    s3_endpoint = request.getfixturevalue("s3_endpoint")
+    with fresh_database() as database:
+        env.update(shared_env(database, s3_endpoint, "sdserve-test"))
+        with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
+            yield srv
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
+    ) as c:
+        yield c

@@ -1,0 +1,53 @@
+"""The built-in random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdserve.engine import default_model
+from sdserve.engine.default_model import build_random_pipeline, ensure_builtin_model
+from sdserve.engine.pipelines import load_pipelines
+from sdserve.registry import ModelSpec
+
+
+def test_ensure_builtin_model_creates_a_loadable_model_once(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "builtin-random"
+
+    assert ensure_builtin_model(path) is True
+    assert ensure_builtin_model(path) is False
+
+    pipes = load_pipelines(ModelSpec(name="default", source=str(path), builtin=True), "cpu")
+    assert pipes.txt2img.vae_scale_factor == 8
+    assert [p.name for p in path.parent.iterdir()] == ["builtin-random"]  # no staging left
+
+
+def test_a_failed_build_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(default_model.StableDiffusionPipeline, "save_pretrained", crash)
+
+    with pytest.raises(OSError, match="disk full"):
+        ensure_builtin_model(tmp_path / "builtin-random")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_seed_builds_the_same_model_without_touching_global_randomness(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(7)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(7)
+
+    build_random_pipeline(tmp_path / "again", seed=0)
+
+    assert torch.equal(torch.rand(3), expected_draw)
+    for part in ("unet", "vae"):
+        weights = f"{part}/diffusion_pytorch_model.safetensors"
+        assert (tmp_path / "again" / weights).read_bytes() == (tiny_model / weights).read_bytes()

@@ -1,0 +1,105 @@
+"""Loading models from every offline source kind, devices, and the pipeline cache."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdserve.engine.generate import generate
+from sdserve.engine.pipelines import PipelineCache, PipelineSet, load_pipelines, resolve_device
+from sdserve.registry import ModelSpec
+
+from .helpers import make_request, pixels
+from .ldm_checkpoint import save_ldm_checkpoint
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    ours, theirs = a.state_dict(), b.state_dict()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_diffusers_folder_loads_as_three_pipelines_sharing_weights(pipes: PipelineSet) -> None:
+    assert pipes.device == "cpu"
+    assert pipes.img2img.unet is pipes.txt2img.unet
+    assert pipes.inpaint.vae is pipes.txt2img.vae
+    assert pipes.inpaint.text_encoder is pipes.txt2img.text_encoder
+    assert pipes.txt2img.unet.dtype == torch.float32
+    assert pipes.scheduler_config["beta_schedule"] == "scaled_linear"
+
+
+def test_a_single_file_checkpoint_loads_with_a_local_config(
+    pipes: PipelineSet, tiny_model: Path, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_ldm_checkpoint(pipes.txt2img, checkpoint)
+    spec = ModelSpec(name="single", source=str(checkpoint), config=str(tiny_model))
+    assert spec.kind == "single_file"
+
+    loaded = load_pipelines(spec, "cpu")
+
+    # diffusers loads single files non-strictly: a key it misses would stay random, silently.
+    for part in ("unet", "vae", "text_encoder"):
+        assert _same_weights(getattr(loaded.txt2img, part), getattr(pipes.txt2img, part)), part
+    request = make_request()
+    [expected] = generate(pipes, request, lambda done, total: None)
+    [actual] = generate(loaded, request, lambda done, total: None)
+    assert np.array_equal(pixels(actual.image), pixels(expected.image))
+
+
+def test_a_missing_folder_is_reported_by_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+
+    with pytest.raises(FileNotFoundError, match=f"model lost: {re.escape(str(missing))} does not"):
+        load_pipelines(ModelSpec(name="lost", source=str(missing)), "cpu")
+
+
+def test_devices_resolve_to_torch_devices() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+
+
+def test_asking_for_a_cuda_device_torch_lacks_is_a_clear_error() -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    with pytest.raises(ValueError, match=f"cuda:{count} was asked for, but torch sees {count}"):
+        resolve_device(f"cuda:{count}")
+
+
+def _spec(folder: Path, name: str) -> ModelSpec:
+    return ModelSpec(name=name, source=str(folder))
+
+
+def test_the_cache_reuses_a_loaded_model(tiny_model: Path) -> None:
+    cache = PipelineCache("cpu")
+
+    first = cache.get(_spec(tiny_model, "a"))
+
+    assert cache.get(_spec(tiny_model, "a")) is first
+
+
+def test_the_cache_evicts_the_least_recently_used_model(tiny_model: Path) -> None:
+    cache = PipelineCache("cpu", max_models=2)
+    a = cache.get(_spec(tiny_model, "a"))
+    cache.get(_spec(tiny_model, "b"))
+    cache.get(_spec(tiny_model, "a"))
+
+    cache.get(_spec(tiny_model, "c"))
+
+    assert cache.loaded == ["a", "c"]
+    assert cache.get(_spec(tiny_model, "a")) is a
+
+
+def test_a_cache_of_one_holds_only_the_latest_model(tiny_model: Path) -> None:
+    cache = PipelineCache("cpu")
+    a = cache.get(_spec(tiny_model, "a"))
+
+    cache.get(_spec(tiny_model, "b"))
+
+    assert cache.loaded == ["b"]
+    assert cache.get(_spec(tiny_model, "a")) is not a

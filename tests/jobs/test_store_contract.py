@@ -1,0 +1,213 @@
+"""The JobStore contract: every backend must pass these (parametrise `store` over backends)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdserve.jobs.models import GenerationRequest, ImageResult, Job, JobPolicy, JobStatus
+from sdserve.jobs.pg_schema import upgrade
+from sdserve.jobs.pg_store import PostgresJobStore
+from sdserve.jobs.sqlite_store import SqliteJobStore
+from sdserve.jobs.store import JobStore
+from tests.pg import clear, fresh_database
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with fresh_database() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    backend: JobStore
+    if request.param == "sqlite":
+        backend = SqliteJobStore(tmp_path / "jobs.sqlite3", default_ttl_s=1800)
+    else:
+        url = request.getfixturevalue("postgres")
+        clear(url)
+        backend = PostgresJobStore(url, default_ttl_s=1800)
+    yield backend
+    backend.close()
+
+
+def make_job(job_id: str, owner: str = "alice", endpoint: str = "default", **policy: object) -> Job:
+    request = GenerationRequest(
+        model=endpoint, prompt="p", width=128, height=128, guidance_scale=7.5,
+        num_inference_steps=2, num_outputs=1, prompt_strength=0.8, scheduler="K-LMS", seed=1,
+    )  # fmt: skip
+    return Job(
+        id=job_id, owner=owner, endpoint=endpoint, request=request, input={"prompt": "p"},
+        policy=JobPolicy.model_validate(policy), webhook="http://127.0.0.1:1/hook",
+        created_at=time.time(),
+    )  # fmt: skip
+
+
+def test_create_get_round_trip(store: JobStore) -> None:
+    job = make_job("a", execution_timeout_ms=5000, ttl_ms=2000, low_priority=True)
+    job = job.model_copy(update={"dialect": "modelslab", "extra": {"track_id": 7}})
+    number = store.create(job)
+    got = store.get("a")
+    assert got is not None
+    assert got.number == number and got.dialect == "modelslab" and got.extra == {"track_id": 7}
+    assert store.get_by_number(number) == got
+    assert got.request == job.request and got.policy == job.policy and got.input == job.input
+    assert got.status == JobStatus.IN_QUEUE and got.attempts == 0
+    assert store.get("missing") is None
+
+
+def test_numbers_are_never_reused(store: JobStore) -> None:
+    first = store.create(make_job("a", ttl_ms=1000))
+    store.claim("w", 100.0)
+    store.finish("a", 1, JobStatus.COMPLETED, 100.0)
+    store.delete_expired(200.0)
+    assert store.create(make_job("b")) > first
+    assert store.get_by_number(first) is None
+
+
+def test_claim_order_normal_before_low_priority_then_fifo(store: JobStore) -> None:
+    store.create(make_job("low", low_priority=True))
+    store.create(make_job("first"))
+    store.create(make_job("second"))
+    claimed = [store.claim("w", time.time()) for _ in range(4)]
+    assert [j.id if j else None for j in claimed] == ["first", "second", "low", None]
+    assert all(j.status == JobStatus.IN_PROGRESS and j.attempts == 1 for j in claimed if j)
+
+
+def test_finish_sets_outputs_expiry_and_webhook(store: JobStore) -> None:
+    store.create(make_job("a", ttl_ms=60_000))
+    job = store.claim("w", time.time())
+    assert job is not None
+    now = time.time()
+    outputs = [ImageResult(key="a/0.png", seed=1)]
+    assert store.finish("a", 1, JobStatus.COMPLETED, now, outputs=outputs)
+    got = store.get("a")
+    assert got is not None and got.status == JobStatus.COMPLETED and got.outputs == outputs
+    assert got.expires_at == pytest.approx(now + 60)
+    [delivery] = store.due_webhooks(now + 1, 10)
+    assert delivery.job_id == "a"
+    store.webhook_attempted(delivery.id, False, now + 100)
+    assert store.due_webhooks(now + 1, 10) == []
+    assert store.due_webhooks(now + 101, 10)[0].attempts == 1
+
+
+def test_finish_of_a_stale_attempt_is_refused(store: JobStore) -> None:
+    store.create(make_job("a"))
+    store.claim("w1", time.time())
+    store.requeue_orphans(["w1"], 0, max_attempts=3, now=time.time())
+    store.claim("w2", time.time())
+    assert not store.finish("a", 1, JobStatus.COMPLETED, time.time())
+    assert store.finish("a", 2, JobStatus.COMPLETED, time.time())
+
+
+def test_cancel_wins_over_a_late_finish(store: JobStore) -> None:
+    store.create(make_job("a"))
+    store.claim("w", time.time())
+    cancelled = store.cancel("a", time.time())
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+    assert store.add_progress("a", 1, 1, 2) == JobStatus.CANCELLED
+    assert not store.finish("a", 1, JobStatus.COMPLETED, time.time())
+
+
+def test_orphans_requeue_until_attempts_run_out(store: JobStore) -> None:
+    store.create(make_job("a"))
+    for attempt in (1, 2, 3):
+        job = store.claim("w", time.time())
+        assert job is not None and job.attempts == attempt
+        store.requeue_orphans(["w"], 0, max_attempts=3, now=time.time())
+    got = store.get("a")
+    assert got is not None and got.status == JobStatus.FAILED
+    assert got.error is not None and "3 times" in got.error
+
+
+def test_stale_heartbeat_requeues(store: JobStore) -> None:
+    store.create(make_job("a"))
+    store.claim("w", time.time())
+    store.heartbeat("w", "a", time.time())
+    assert store.requeue_orphans(None, time.time() - 30, max_attempts=3, now=time.time()) == []
+    time.sleep(1.5)  # the worker falls silent
+    assert store.requeue_orphans(None, time.time() - 1, max_attempts=3, now=time.time()) == ["a"]
+    job = store.claim("w2", time.time())
+    assert job is not None and job.id == "a" and job.attempts == 2
+
+
+def test_a_store_opened_for_some_models_claims_only_theirs(store: JobStore) -> None:
+    store.create(make_job("x", endpoint="other"))
+    store.create(make_job("a"))
+    picky = (
+        SqliteJobStore(store._path, 1800, models=["default"])  # type: ignore[attr-defined]
+        if isinstance(store, SqliteJobStore)
+        else PostgresJobStore(store._conninfo, 1800, models=["default"])  # type: ignore[attr-defined]
+    )
+    try:
+        job = picky.claim("w", time.time())
+        assert job is not None and job.id == "a"
+        assert picky.claim("w", time.time()) is None
+    finally:
+        picky.close()
+    job = store.claim("w2", time.time())
+    assert job is not None and job.id == "x"
+
+
+def test_cancelled_queued_job_is_never_delivered(store: JobStore) -> None:
+    store.create(make_job("a"))
+    store.create(make_job("b"))
+    store.cancel("a", time.time())
+    job = store.claim("w", time.time())
+    assert job is not None and job.id == "b"
+    assert store.claim("w", time.time()) is None
+
+
+def test_release_after_cancel_then_requeue_keeps_deliveries_apart(store: JobStore) -> None:
+    store.create(make_job("a"))
+    store.claim("w", time.time())
+    store.cancel("a", time.time())
+    store.release("a", 1)
+    assert store.claim("w", time.time()) is None
+    store.create(make_job("b"))
+    store.claim("w", time.time())
+    store.requeue_orphans(["w"], 0, max_attempts=3, now=time.time())
+    store.release("b", 1)  # the stale run lets go: the re-queued job must still be delivered
+    job = store.claim("w2", time.time())
+    assert job is not None and job.id == "b" and job.attempts == 2
+
+
+def test_timeout_retry_and_expiry(store: JobStore) -> None:
+    store.create(make_job("a", execution_timeout_ms=1000, ttl_ms=1000))
+    store.claim("w", 100.0)
+    assert store.time_out_overdue(100.5) == []
+    assert store.time_out_overdue(101.5) == ["a"]
+    assert store.retry("a", 102.0)
+    assert not store.retry("a", 102.0)  # queued now: not retryable
+    store.claim("w", 103.0)
+    store.finish("a", 1, JobStatus.COMPLETED, 104.0)
+    assert store.delete_expired(104.5) == []
+    assert [j.id for j in store.delete_expired(105.5)] == ["a"]
+    assert store.get("a") is None
+
+
+def test_purge_counts_and_stream(store: JobStore) -> None:
+    for job_id, owner in [("a", "alice"), ("b", "alice"), ("c", "bob")]:
+        store.create(make_job(job_id, owner=owner))
+    store.claim("w", time.time())  # "a" runs
+    assert store.purge("alice", "default") == 1
+    counts = store.counts("default")
+    assert (counts.in_queue, counts.in_progress) == (1, 1)
+    assert store.queued("default") == 1
+    store.add_progress("a", 1, 1, 4)
+    store.add_progress("a", 1, 2, 4)
+    assert [(e.step, e.total) for e in store.read_stream("a")] == [(1, 4), (2, 4)]
+    assert store.read_stream("a") == []
+
+
+def test_workers_by_heartbeat(store: JobStore) -> None:
+    store.heartbeat("w1", None, 100.0)
+    store.heartbeat("w2", "x", 200.0)
+    assert {w.worker_id for w in store.workers(alive_since=150.0)} == {"w2"}
+    store.remove_worker("w2")
+    assert [w.worker_id for w in store.workers(alive_since=0)] == ["w1"]

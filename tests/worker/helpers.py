@@ -1,0 +1,43 @@
+"""Running one job through a JobRunner and reading its PNGs back as third-party tools do."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+from PIL import Image
+from sd_parsers import ParserManager
+from sd_parsers.data import PromptInfo
+
+from sdserve.jobs.models import GenerationRequest, Job
+from sdserve.jobs.sqlite_store import SqliteJobStore
+from sdserve.storage.local import LocalImageStore
+from sdserve.worker.runner import Generate, JobRunner
+
+
+def run_job(
+    store: SqliteJobStore, images: LocalImageStore, request: GenerationRequest, generate: Generate
+) -> Job:
+    """Queue `request`, run it as a worker would, and return the finished job."""
+    job_id = uuid.uuid4().hex
+    job = Job(
+        id=job_id, owner="alice", endpoint="default", request=request, input={},
+        created_at=time.time(),
+    )  # fmt: skip
+    store.create(job)
+    claimed = store.claim("worker-test", time.time())
+    assert claimed is not None and claimed.id == job_id
+    JobRunner(store, images, generate).run(claimed)
+    done = store.get(job_id)
+    assert done is not None
+    return done
+
+
+def read_parameters(images: LocalImageStore, key: str) -> PromptInfo:
+    """The PNG's generation parameters as sd-parsers reads them."""
+    data = images.read(key)
+    assert data is not None
+    info = ParserManager().parse(Image.open(io.BytesIO(data)))
+    assert info is not None, "sd-parsers found no parameters"
+    return info
