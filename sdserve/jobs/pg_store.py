@@ -266,8 +266,19 @@ class PostgresJobStore(JobStore):
             job = self._start(delivery, worker_id, now)
             if job is not None:
                 return job
-            # Cancelled, purged or expired between queueing and now: nothing to run.
-            self._close_delivery(delivery.id, Status.ABORTED)
+            # Cancelled, purged or expired between queueing and now: nothing to run. A delivery
+            # a sweeper has meanwhile handed on (we were silent too long) is not ours to close.
+            if self._holds(delivery, worker_id):
+                self._close_delivery(delivery.id, Status.ABORTED)
+
+    def _holds(self, delivery: Delivery, worker_id: str) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT 1 FROM procrastinate_jobs WHERE id = %s AND status = 'doing'"
+                " AND worker_id = %s",
+                (delivery.id, self._delivery_worker(worker_id)),
+            ).fetchone()
+        return row is not None
 
     def _fetch(self, worker_id: str) -> Delivery | None:
         fetcher = self._delivery_worker(worker_id)
@@ -286,8 +297,17 @@ class PostgresJobStore(JobStore):
             row = db.execute(
                 "UPDATE sdserve_jobs SET status = 'IN_PROGRESS', started_at = %s, worker_id = %s,"
                 " attempts = attempts + 1, progress_step = 0, progress_total = 0,"
-                " delivery_id = %s WHERE id = %s AND status = 'IN_QUEUE' RETURNING *",
-                (now, worker_id, delivery.id, delivery.task_kwargs.get("job_id")),
+                " delivery_id = %s WHERE id = %s AND status = 'IN_QUEUE' AND EXISTS (SELECT 1"
+                " FROM procrastinate_jobs WHERE id = %s AND status = 'doing' AND worker_id = %s)"
+                " RETURNING *",
+                (
+                    now,
+                    worker_id,
+                    delivery.id,
+                    delivery.task_kwargs.get("job_id"),
+                    delivery.id,
+                    self._delivery_worker(worker_id),
+                ),
             ).fetchone()
             if row is not None:
                 db.execute("DELETE FROM sdserve_job_events WHERE job_id = %s", (row["id"],))
@@ -456,46 +476,76 @@ class PostgresJobStore(JobStore):
         )
         requeued: list[str] = []
         for delivery in stalled:
-            job_id = self._recover(delivery, max_attempts, now)
+            job_id = self._recover(delivery, silent_s, max_attempts, now)
             if job_id is not None:
                 requeued.append(job_id)
         if worker_ids is None:  # dead workers' registrations go too (a live one re-registers)
             self._loop.run(self._app.job_manager.prune_stalled_workers(silent_s))
         return requeued
 
-    def _recover(self, delivery: Delivery, max_attempts: int, now: float) -> str | None:
-        """Put a stalled delivery's job back in its queue, or fail it when out of attempts."""
+    def _recover(
+        self, delivery: Delivery, silent_s: float, max_attempts: int, now: float
+    ) -> str | None:
+        """Put a stalled delivery's job back in its queue, or fail it when out of attempts.
+
+        Every API node sweeps, so another may be recovering the same delivery at the same time:
+        the job row is locked while deciding, and a delivery another node already handed on is
+        left alone."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT id, attempts, webhook FROM sdserve_jobs WHERE delivery_id = %s"
-                " AND status = 'IN_PROGRESS' FOR UPDATE",
+                "SELECT id, status, attempts, webhook FROM sdserve_jobs WHERE delivery_id = %s"
+                " FOR UPDATE",
                 (delivery.id,),
             ).fetchone()
-            if row is not None and row["attempts"] < max_attempts:
-                db.execute(
-                    "UPDATE sdserve_jobs SET status = 'IN_QUEUE', started_at = NULL,"
-                    " worker_id = NULL WHERE id = %s",
-                    (row["id"],),
-                )
-            elif row is not None:
-                error = (
-                    f"the worker running this job died or went silent, {row['attempts']} times;"
-                    " giving up (the request may exhaust the worker's memory)"
-                )
-                db.execute(
-                    f"UPDATE sdserve_jobs SET {_FINISH_SQL}, error = %s WHERE id = %s",
-                    (JobStatus.FAILED.value, now, now, error, row["id"]),
-                )
-                self._enqueue_webhook(db, row["id"], row["webhook"], JobStatus.FAILED, now)
-        if row is None:  # the job ended or went away meanwhile: its delivery is done too
-            self._close_delivery(delivery.id, Status.ABORTED)
-            return None
-        if row["attempts"] < max_attempts:
-            retry_at = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
-            self._loop.run(self._app.job_manager.retry_job(delivery, retry_at=retry_at))
-        else:
+            if not self._still_stalled(db, delivery, silent_s):
+                return None
+            status = None if row is None else JobStatus(row["status"])
+            if row is not None and status == JobStatus.IN_PROGRESS:
+                if row["attempts"] < max_attempts:
+                    db.execute(
+                        "UPDATE sdserve_jobs SET status = 'IN_QUEUE', started_at = NULL,"
+                        " worker_id = NULL WHERE id = %s",
+                        (row["id"],),
+                    )
+                    status = JobStatus.IN_QUEUE
+                else:
+                    error = (
+                        f"the worker running this job died or went silent, {row['attempts']}"
+                        " times; giving up (the request may exhaust the worker's memory)"
+                    )
+                    db.execute(
+                        f"UPDATE sdserve_jobs SET {_FINISH_SQL}, error = %s WHERE id = %s",
+                        (JobStatus.FAILED.value, now, now, error, row["id"]),
+                    )
+                    self._enqueue_webhook(db, row["id"], row["webhook"], JobStatus.FAILED, now)
+                    status = JobStatus.FAILED
+        if row is None or status != JobStatus.IN_QUEUE:
+            # The job ended or went away (or we just failed it): its delivery is done too.
             self._close_delivery(delivery.id, Status.FAILED)
-        return str(row["id"])
+        else:
+            # Queued again (by us just now, or its worker died between taking the delivery
+            # and starting the job): hand the delivery on.
+            retry_at = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
+            try:
+                self._loop.run(self._app.job_manager.retry_job(delivery, retry_at=retry_at))
+            except ConnectorException:
+                log.debug("delivery %s was already handed on", delivery.id)
+        was_running = row is not None and row["status"] == JobStatus.IN_PROGRESS
+        return str(row["id"]) if was_running and row is not None else None
+
+    @staticmethod
+    def _still_stalled(
+        db: psycopg.Connection[DictRow], delivery: Delivery, silent_s: float
+    ) -> bool:
+        """Whether the delivery is still running on a silent or departed worker (and not, say,
+        already handed on and taken by a live one since the stalled list was read)."""
+        row = db.execute(
+            "SELECT 1 FROM procrastinate_jobs job LEFT JOIN procrastinate_workers w"
+            " ON w.id = job.worker_id WHERE job.id = %s AND job.status = 'doing'"
+            " AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %s))",
+            (delivery.id, silent_s),
+        ).fetchone()
+        return row is not None
 
     def time_out_overdue(self, now: float) -> list[str]:
         with self._tx() as db:

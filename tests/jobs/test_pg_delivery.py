@@ -1,4 +1,5 @@
-"""What only the PostgreSQL backend does: procrastinate's notifications wake idle workers."""
+"""What only the PostgreSQL backend does: procrastinate's notifications wake idle workers, and
+every API node sweeps for stalled runs at once without losing a job."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 
 from sdserve.jobs.pg_schema import upgrade
 from sdserve.jobs.pg_store import PostgresJobStore
+from sdserve.jobs.models import JobStatus
 from tests.jobs.test_store_contract import make_job
 from tests.pg import fresh_database
 
@@ -36,3 +38,60 @@ def test_an_idle_worker_wakes_when_a_job_is_queued_elsewhere() -> None:
         finally:
             worker_side.close()
             api_side.close()
+
+
+def _sweep_together(nodes: list[PostgresJobStore]) -> None:
+    """Every node's sweeper runs its stalled-run pass at the same moment (silent 0 s: every
+    worker counts as silent)."""
+    barrier = threading.Barrier(len(nodes))
+
+    def sweep(node: PostgresJobStore) -> None:
+        barrier.wait()
+        now = time.time()
+        node.requeue_orphans(None, now, 5, now)
+
+    threads = [threading.Thread(target=sweep, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+def test_api_nodes_recovering_the_same_stalled_run_at_once_lose_nothing() -> None:
+    with fresh_database() as url:
+        upgrade(url)
+        nodes = [PostgresJobStore(url, 1800) for _ in range(3)]
+        worker = PostgresJobStore(url, 1800, models=["default"])
+        try:
+            for n in range(8):
+                job_id = f"job{n}"
+                nodes[0].create(make_job(job_id))
+                started = worker.claim(f"dead{n}", time.time())
+                assert started is not None and started.id == job_id
+                _sweep_together(nodes)  # the worker "died": three sweepers race to recover
+                assert nodes[1].statuses([job_id]) == {job_id: JobStatus.IN_QUEUE}
+                rerun = worker.claim(f"alive{n}", time.time())
+                assert rerun is not None and rerun.id == job_id and rerun.attempts == 2
+                assert worker.finish(job_id, 2, JobStatus.COMPLETED, time.time(), [])
+                assert nodes[2].statuses([job_id]) == {job_id: JobStatus.COMPLETED}
+        finally:
+            for store in [*nodes, worker]:
+                store.close()
+
+
+def test_a_worker_dying_between_taking_and_starting_a_job_loses_nothing() -> None:
+    with fresh_database() as url:
+        upgrade(url)
+        nodes = [PostgresJobStore(url, 1800) for _ in range(2)]
+        worker = PostgresJobStore(url, 1800, models=["default"])
+        try:
+            nodes[0].create(make_job("a"))
+            # The delivery is taken, and the worker dies before it marks the job started.
+            assert worker._fetch("dead") is not None
+            assert worker.claim("other", time.time()) is None  # delivered once only
+            _sweep_together(nodes)
+            job = worker.claim("alive", time.time())
+            assert job is not None and job.id == "a" and job.attempts == 1
+        finally:
+            for store in [*nodes, worker]:
+                store.close()
