@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--model", help="diffusers folder (default: the built-in model)")
+    parser.add_argument(
+        "--model", help="diffusers folder (default: a tiny random SD model built for the run)"
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between calls")
     parser.add_argument(
@@ -70,8 +72,15 @@ def main() -> None:
     from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
     data_dir = Path(tempfile.mkdtemp(prefix="sdserve-bench-"))
-    server = start_server(data_dir, args.port, args.model, args.nsfw_check)
-    model_dir = args.model or str(data_dir / "models" / "builtin-random")
+    model_dir = args.model
+    if model_dir is None:
+        # Not the demo model: it draws at 64x64 whatever the size asked, so the raw call would
+        # not do the same work; this one draws at full size, like real SD models.
+        from sdserve.engine.random_model import build_random_pipeline
+
+        model_dir = str(data_dir / "tiny-random")
+        build_random_pipeline(Path(model_dir), seed=0)
+    server = start_server(data_dir, args.port, model_dir, args.nsfw_check)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
         pipe.set_progress_bar_config(disable=True)

@@ -317,7 +317,7 @@ def main() -> None:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
 
-    from sdserve.engine.default_model import build_random_pipeline
+    from sdserve.engine.random_model import build_random_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="sdserve-throughput-"))
     model = work / "tiny-model"

@@ -26,7 +26,7 @@ app.add_typer(db_app, name="db")
 
 DataDir = Annotated[
     Path | None,
-    typer.Option(help="Folder for jobs, images and the built-in model [default: ./sdserve-data]."),
+    typer.Option(help="Folder for jobs and images [default: ./sdserve-data]."),
 ]
 Models = Annotated[
     list[str] | None,
@@ -34,7 +34,8 @@ Models = Annotated[
         "--model",
         metavar="SOURCE|NAME=SOURCE",
         help="Model SOURCE for the default endpoint, or NAME=SOURCE; SOURCE is a hub id, a"
-        " diffusers folder or a .safetensors file. Repeatable.",
+        " diffusers folder or a .safetensors file. Repeatable. [default: the built-in demo"
+        " model]",
     ),
 ]
 ModelsFile = Annotated[

@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdserve.demo import DEMO_MODEL_DIR, NATIVE_SIZE
+
 DEFAULT_MODEL = "default"
 DEFAULT_ALIASES = ("stable-diffusion-v1", "stabilityai/stable-diffusion-2-1")
 """Names the hosted APIs' own examples use; they answer with the default model."""
-BUILTIN_MODEL_DIR = "models/builtin-random"
-"""Where, under the data directory, the built-in random model is created on first start."""
 
 SourceKind = Literal["folder", "single_file", "hub"]
 
@@ -32,8 +32,11 @@ class ModelSpec(BaseModel):
     """Largest width or height accepted, in pixels."""
     price: float = Field(default=0.0, ge=0)
     """Cost reported per generated image (DeepInfra's `inference_status.cost`), default 0."""
+    native_size: int | None = Field(default=None, ge=64, le=4096)
+    """The size the model was trained at, when smaller than requests may be: images are made
+    at about this size (the request's aspect ratio kept) and upscaled to the requested one."""
     builtin: bool = False
-    """True for the randomly initialised model sdserve creates when none is configured."""
+    """True for the demo model shipped in the package, the default when none is configured."""
 
     @property
     def kind(self) -> SourceKind:
@@ -74,10 +77,9 @@ def _parse_model_flag(flag: str) -> tuple[str, str]:
     return DEFAULT_MODEL, flag
 
 
-def load_registry(
-    data_dir: Path, models_file: Path | None, model_flags: list[str]
-) -> ModelRegistry:
-    """Build the registry from the config file, then `--model` flags, then the built-in default."""
+def load_registry(models_file: Path | None, model_flags: list[str]) -> ModelRegistry:
+    """Build the registry: the config file, then `--model` flags, then the demo model as the
+    default."""
     specs: dict[str, ModelSpec] = {}
     if models_file is not None:
         with models_file.open("rb") as f:
@@ -89,7 +91,7 @@ def load_registry(
         specs[name] = ModelSpec(name=name, source=source)
     if DEFAULT_MODEL not in specs:
         specs[DEFAULT_MODEL] = ModelSpec(
-            name=DEFAULT_MODEL, source=str(data_dir / BUILTIN_MODEL_DIR), builtin=True
+            name=DEFAULT_MODEL, source=str(DEMO_MODEL_DIR), native_size=NATIVE_SIZE, builtin=True
         )
     default = specs[DEFAULT_MODEL]
     taken = {alias for spec in specs.values() for alias in (spec.name, *spec.aliases)}

@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     """The whole embedded server as an ASGI app; workers start with the app's lifespan."""
     check_binding(settings)
     store = open_job_store(settings)
-    registry = load_registry(settings.data_dir, settings.models_file, settings.model)
+    registry = load_registry(settings.models_file, settings.model)
     watcher = JobWatcher(store)
     supervisor = WorkerSupervisor(settings, store, settings.workers, on_job_event=watcher.notify)
     service = JobService(

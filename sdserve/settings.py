@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port of the HTTP API (0 picks a free one)."""
     data_dir: Path = Path("sdserve-data")
-    """Folder for the job database, images and the built-in model (default ./sdserve-data)."""
+    """Folder for the job database and images (default ./sdserve-data)."""
     database: str | None = None
     """`postgresql://...` to share jobs between machines (default: SQLite in the data dir)."""
     storage: str | None = None

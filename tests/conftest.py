@@ -19,7 +19,7 @@ OTHER_KEY = "test-key-2"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised SD-architecture pipeline saved in diffusers format."""
-    from sdserve.engine.default_model import build_random_pipeline
+    from sdserve.engine.random_model import build_random_pipeline
 
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_random_pipeline(path, seed=0)

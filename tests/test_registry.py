@@ -1,18 +1,20 @@
-"""The model registry: config file, --model flags, the built-in default and its aliases."""
+"""The model registry: config file, --model flags, the demo model as default and its aliases."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from sdserve.demo import DEMO_MODEL_DIR
 from sdserve.registry import load_registry
 
 
-def test_builtin_default_answers_the_hosted_apis_names(tmp_path: Path) -> None:
-    registry = load_registry(tmp_path, None, [])
+def test_the_demo_model_is_the_default_and_answers_the_hosted_apis_names() -> None:
+    registry = load_registry(None, [])
     spec = registry.resolve("stabilityai/stable-diffusion-2-1")
     assert spec is not None and spec.builtin and spec.name == "default"
     assert registry.resolve("stable-diffusion-v1") is spec
-    assert spec.source == str(tmp_path / "models" / "builtin-random")
+    assert spec.source == str(DEMO_MODEL_DIR) and spec.native_size == 64
+    assert (DEMO_MODEL_DIR / "model_index.json").is_file()  # shipped in the package
     assert registry.resolve("sd-xl") is None
 
 
@@ -22,7 +24,7 @@ def test_file_and_flags(tmp_path: Path) -> None:
         '[models.default]\nsource = "/m/sd15"\naliases = ["sd15"]\nmax_size = 1024\n\n'
         '[models.dream]\nsource = "/m/dream.safetensors"\nconfig = "/m/sd15"\n'
     )
-    registry = load_registry(tmp_path, models, ["anime=/m/anime", "stable-diffusion-v1=/m/v1"])
+    registry = load_registry(models, ["anime=/m/anime", "stable-diffusion-v1=/m/v1"])
     default = registry.resolve("sd15")
     assert default is not None and default.max_size == 1024 and default.kind == "folder"
     assert registry.resolve("stabilityai/stable-diffusion-2-1") is default
@@ -34,7 +36,7 @@ def test_file_and_flags(tmp_path: Path) -> None:
     assert registry.resolve("anime") is not None
 
 
-def test_bare_model_flag_is_the_default(tmp_path: Path) -> None:
-    registry = load_registry(tmp_path, None, ["runwayml/stable-diffusion-v1-5"])
+def test_bare_model_flag_is_the_default() -> None:
+    registry = load_registry(None, ["runwayml/stable-diffusion-v1-5"])
     spec = registry.resolve("default")
     assert spec is not None and spec.kind == "hub" and not spec.builtin

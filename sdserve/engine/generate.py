@@ -142,16 +142,39 @@ def _generate_one(
         "generator": torch.Generator(pipes.device).manual_seed(seed),
         "callback_on_step_end": progress,
     }
+    width, height = working_size(pipes, request.width, request.height)
     if mode != "img2img":  # img2img takes its size from the init image
-        arguments |= {"width": request.width, "height": request.height}
-    if mode != "txt2img":
-        arguments |= {"image": init, "strength": _strength(request)}
-    if mode == "inpaint":
-        arguments["mask_image"] = mask
+        arguments |= {"width": width, "height": height}
+    if init is not None:
+        arguments |= {"image": _fit(init, width, height), "strength": _strength(request)}
+    if mode == "inpaint" and mask is not None:
+        arguments["mask_image"] = _fit(mask, width, height)
     # The pipelines carry no safety checker (see load_pipelines): `generate` runs the check.
     images, _ = pipe(**arguments, return_dict=False)
     image: Image.Image = images[0]
-    return image
+    return _fit(image, request.width, request.height)
+
+
+def working_size(pipes: PipelineSet, width: int, height: int) -> tuple[int, int]:
+    """The size to draw at: the request's, or, for a model trained on smaller images, about its
+    native size at the request's aspect ratio (the image is upscaled afterwards)."""
+    native = pipes.native_size
+    if native is None or min(width, height) <= native:
+        return width, height
+    # Both sides must halve cleanly through the VAE and every UNet down block.
+    unet_downs = len(pipes.txt2img.unet.config["block_out_channels"]) - 1
+    step = pipes.txt2img.vae_scale_factor * 2**unet_downs
+    scale = native / min(width, height)
+    return (
+        max(step, round(width * scale / step) * step),
+        max(step, round(height * scale / step) * step),
+    )
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def _strength(request: GenerationRequest) -> float:

@@ -44,6 +44,8 @@ class PipelineSet:
     """The model's own NSFW checker, if it ships one; sdserve runs it, not the pipelines."""
     feature_extractor: CLIPImageProcessor | None = None
     """Prepares images for `safety_checker`."""
+    native_size: int | None = None
+    """The model's training size, when requests may be larger (`ModelSpec.native_size`)."""
 
 
 def resolve_device(device: str) -> str:
@@ -102,6 +104,7 @@ def load_pipelines(spec: ModelSpec, device: str) -> PipelineSet:
         device=device,
         safety_checker=safety_checker,
         feature_extractor=txt2img.feature_extractor,
+        native_size=spec.native_size,
     )
 
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.synchronize import Event
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,16 +53,13 @@ class _Heartbeat(threading.Thread):
 
 
 def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
-    """Create the built-in model on first start, and load a model before any job."""
-    from sdserve.engine.default_model import ensure_builtin_model
-
+    """Load a model before any job, so the first one runs at full speed."""
     if spec is None:
         return
-    if spec.builtin and ensure_builtin_model(Path(spec.source)):
-        log.warning(
-            "created the built-in model at %s: it has RANDOM weights and draws noise;"
-            " configure a real model with --model",
-            spec.source,
+    if spec.builtin:
+        log.info(
+            "serving the built-in demo model: it draws one shape on a background (see the"
+            " README's prompts); configure --model for real Stable Diffusion weights"
         )
     try:
         cache.get(spec)
@@ -121,7 +117,7 @@ def worker_main(
     # Imported here so that the API process, which imports this module, never loads torch.
     from sdserve.engine.pipelines import PipelineCache, resolve_device
 
-    registry = load_registry(settings.data_dir, settings.models_file, settings.model)
+    registry = load_registry(settings.models_file, settings.model)
     models = served_models(settings, registry)
     store = open_job_store(settings, models)
     device = resolve_device(settings.device)

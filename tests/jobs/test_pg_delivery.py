@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+from sdserve.jobs.models import JobStatus
 from sdserve.jobs.pg_schema import upgrade
 from sdserve.jobs.pg_store import PostgresJobStore
-from sdserve.jobs.models import JobStatus
 from tests.jobs.test_store_contract import make_job
 from tests.pg import fresh_database
 

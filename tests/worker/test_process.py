@@ -45,7 +45,7 @@ class Worker:
     ) -> None:
         self.store, self.images = store, images
         self.settings = Settings.model_validate(settings)
-        registry = load_registry(self.settings.data_dir, None, self.settings.model)
+        registry = load_registry(None, self.settings.model)
         self.generate = request_runner(self.settings, registry, cache)
 
     def run(self, request: GenerationRequest) -> Job:

@@ -1,4 +1,4 @@
-"""The built-in random model."""
+"""The tiny random model the tests and benchmarks build."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdserve.engine import default_model
-from sdserve.engine.default_model import build_random_pipeline, ensure_builtin_model
+from sdserve.engine import random_model
 from sdserve.engine.pipelines import load_pipelines
+from sdserve.engine.random_model import build_random_pipeline
 from sdserve.registry import ModelSpec
 
 
-def test_ensure_builtin_model_creates_a_loadable_model_once(tmp_path: Path) -> None:
-    path = tmp_path / "models" / "builtin-random"
+def test_builds_a_loadable_model_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "models" / "tiny"
 
-    assert ensure_builtin_model(path) is True
-    assert ensure_builtin_model(path) is False
+    build_random_pipeline(path)
 
-    pipes = load_pipelines(ModelSpec(name="default", source=str(path), builtin=True), "cpu")
+    pipes = load_pipelines(ModelSpec(name="default", source=str(path)), "cpu")
     assert pipes.txt2img.vae_scale_factor == 8
-    assert [p.name for p in path.parent.iterdir()] == ["builtin-random"]  # no staging left
+    assert [p.name for p in path.parent.iterdir()] == ["tiny"]  # no staging left
 
 
 def test_a_failed_build_leaves_nothing_behind(
@@ -30,10 +29,10 @@ def test_a_failed_build_leaves_nothing_behind(
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(default_model.StableDiffusionPipeline, "save_pretrained", crash)
+    monkeypatch.setattr(random_model.StableDiffusionPipeline, "save_pretrained", crash)
 
     with pytest.raises(OSError, match="disk full"):
-        ensure_builtin_model(tmp_path / "builtin-random")
+        build_random_pipeline(tmp_path / "tiny")
 
     assert list(tmp_path.iterdir()) == []
 

@@ -1,0 +1,11 @@
+"""The built-in demo model: a small Stable Diffusion trained here on drawn shapes.
+
+`python -m sdserve.demo.train` recreates it; `python -m sdserve.demo.evaluate` scores it.
+"""
+
+from pathlib import Path
+
+DEMO_MODEL_DIR = Path(__file__).parent / "model"
+"""The trained model, in diffusers format, shipped inside the package."""
+NATIVE_SIZE = 64
+"""The size it draws at; larger requests get its image upscaled."""

@@ -1,0 +1,55 @@
+"""A first start: `sdserve serve` with no model configured serves the shipped demo model, which
+draws what the prompt says, through the API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from sdserve.demo.grid import CELL, PROMPTS, draw, grid
+from tests.conftest import API_KEY
+from tests.helpers import ServerProcess, running_server
+
+
+@pytest.fixture(scope="module")
+def demo_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    env = {"SDSERVE_API_KEYS": API_KEY}
+    with running_server(tmp_path_factory.mktemp("data"), [], env) as server:
+        yield _client(server)
+
+
+def _client(server: ServerProcess) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=120)
+
+
+def _blue(p: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    return (p[..., 2] > 150) & (p[..., 0] < 110) & (p[..., 1] < 150)
+
+
+def _red(p: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    return (p[..., 0] > 150) & (p[..., 1] < 110) & (p[..., 2] < 110)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_red_circle_on_a_blue_background(demo_client: httpx.Client, seed: int) -> None:
+    image = draw(demo_client, "a red circle on a blue background", seed, size=256)
+    assert image.size == (256, 256)
+    p = np.asarray(image, dtype=np.int32)
+    border = np.concatenate([p[:8].reshape(-1, 3), p[-8:].reshape(-1, 3),
+                             p[:, :8].reshape(-1, 3), p[:, -8:].reshape(-1, 3)])  # fmt: skip
+    assert _blue(border).mean() > 0.8  # a mostly blue border
+    red = _red(p)
+    assert red.mean() > 0.05  # a red shape of some size...
+    ys, xs = np.nonzero(red)
+    assert abs(xs.mean() - 128) < 40 and abs(ys.mean() - 128) < 40  # ...whose mass is central
+    assert red[108:148, 108:148].mean() > 0.8
+
+
+def test_the_readme_grid_comes_from_the_served_api(demo_client: httpx.Client) -> None:
+    sheet = grid(demo_client, PROMPTS[:2], seeds=2)
+    assert sheet.size[0] == 2 * CELL and sheet.size[1] > 2 * CELL
+    assert np.asarray(sheet).std() > 10

@@ -1,0 +1,84 @@
+"""The shipped demo model: in the package, within budget, and an SD model like any other
+(every scheduler, every mode, any size), which draws what its prompt says."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdserve.demo import DEMO_MODEL_DIR
+from sdserve.demo.evaluate import fresh_scenes, score
+from sdserve.engine.generate import generate
+from sdserve.engine.pipelines import PipelineSet, load_pipelines
+from sdserve.jobs.models import SCHEDULER_NAMES, GenerationRequest
+from sdserve.registry import DEFAULT_MODEL, load_registry
+from tests.engine.helpers import ignore_steps, init_image, make_request, pixels, square_mask
+
+MODES = ("txt2img", "img2img", "inpaint")
+
+
+@pytest.fixture(scope="module")
+def demo() -> PipelineSet:
+    spec = load_registry(None, []).resolve(DEFAULT_MODEL)
+    assert spec is not None and spec.source == str(DEMO_MODEL_DIR)
+    return load_pipelines(spec, "cpu")
+
+
+def test_it_is_a_diffusers_sd_model_within_40_mb() -> None:
+    index = json.loads((DEMO_MODEL_DIR / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    size = sum(f.stat().st_size for f in DEMO_MODEL_DIR.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20
+
+
+def _request(mode: str, width: int, height: int, **overrides: object) -> GenerationRequest:
+    if mode != "txt2img":
+        overrides.setdefault("init_image", init_image(width, height))
+    if mode == "inpaint":
+        overrides.setdefault("mask", square_mask(width, height))
+    return make_request(
+        model=DEFAULT_MODEL, prompt="a large green star on a white background",
+        width=width, height=height, **overrides,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "mode"),
+    [(s, m) for s in SCHEDULER_NAMES for m in MODES if s != "IPNDM" or m == "txt2img"],
+)
+def test_every_scheduler_and_mode_at_any_size(demo: PipelineSet, scheduler: str, mode: str) -> None:
+    request = _request(mode, 192, 128, scheduler=scheduler)
+    [result] = generate(demo, request, ignore_steps)
+    assert result.image.size == (192, 128)  # drawn at 96x64, upscaled
+    assert pixels(result.image).std() > 1.0
+
+
+def test_inpainting_keeps_the_preserved_pixels_at_full_size(demo: PipelineSet) -> None:
+    request = _request("inpaint", 256, 256)
+    [result] = generate(demo, request, ignore_steps)
+    kept = np.asarray(square_mask(256, 256)) == 0
+    assert (pixels(result.image)[kept] == pixels(init_image(256, 256))[kept]).all()
+
+
+def test_it_draws_what_the_prompt_says(demo: PipelineSet) -> None:
+    # A sample of the evaluation (python -m sdserve.demo.evaluate scores 200 such scenes).
+    scenes = fresh_scenes(12)
+    guided = score(demo, scenes, guidance=7.5, steps=20, size=128)
+    assert guided.background >= 10 / 12 and guided.colour >= 9 / 12
+    unguided = score(demo, scenes, guidance=1.0, steps=20, size=128)
+    assert unguided.colour < guided.colour
+
+
+def test_the_same_seed_draws_the_same_image(demo: PipelineSet) -> None:
+    request = _request("txt2img", 128, 128, seed=99)
+    [first] = generate(demo, request, ignore_steps)
+    [again] = generate(demo, request, ignore_steps)
+    assert isinstance(first.image, Image.Image)
+    assert (pixels(first.image) == pixels(again.image)).all()
