@@ -66,15 +66,18 @@ def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return pieces
 
 
-def text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+def text_encoder(
+    tokenizer: CLIPTokenizer, layers: int = 3, width: int = TEXT_WIDTH, mlp_ratio: int = 4
+) -> CLIPTextModel:
+    """A CLIP text encoder for `tokenizer`, as long as its `model_max_length`."""
     vocab = tokenizer.get_vocab()
     config = CLIPTextConfig(
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=TEXT_WIDTH * 4,
+        hidden_size=width,
+        intermediate_size=width * mlp_ratio,
         num_attention_heads=4,
-        num_hidden_layers=3,
-        max_position_embeddings=MAX_TOKENS,
-        projection_dim=TEXT_WIDTH,
+        num_hidden_layers=layers,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=width,
         vocab_size=len(vocab),
         bos_token_id=vocab[BOS],
         eos_token_id=vocab[EOS],

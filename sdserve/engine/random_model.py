@@ -16,12 +16,11 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
 )
-from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
-_BOS = "<|startoftext|>"
-_EOS = "<|endoftext|>"
+from sdserve.demo.architecture import BOS, EOS, scheduler, text_encoder
+
 _MAX_TOKENS = 77
 _LATENT_CHANNELS = 4
 
@@ -29,7 +28,7 @@ _LATENT_CHANNELS = 4
 def _write_tokenizer_files(folder: Path) -> CLIPTokenizer:
     """A byte-level CLIP tokenizer with no merges, so it needs no download."""
     chars = ByteLevel.alphabet()
-    tokens = sorted(chars) + sorted(c + "</w>" for c in chars) + [_BOS, _EOS]
+    tokens = sorted(chars) + sorted(c + "</w>" for c in chars) + [BOS, EOS]
     vocab_file = folder / "vocab.json"
     merges_file = folder / "merges.txt"
     vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
@@ -85,35 +84,6 @@ def _calibrate_vae(vae: AutoencoderKL) -> None:
     vae.register_to_config(scaling_factor=1 / latent_std)  # type: ignore[no-untyped-call]
 
 
-def _text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    vocab = tokenizer.get_vocab()
-    config = CLIPTextConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=_MAX_TOKENS,
-        projection_dim=64,
-        vocab_size=len(vocab),
-        bos_token_id=vocab[_BOS],
-        eos_token_id=vocab[_EOS],
-        pad_token_id=vocab[_EOS],
-    )
-    return CLIPTextModel(config)
-
-
-def _scheduler() -> LMSDiscreteScheduler:
-    # SD 1.5's training schedule, so every sampler sees the betas it would see on a real model.
-    scheduler: LMSDiscreteScheduler = LMSDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-    )
-    return scheduler
-
-
 def build_random_pipeline(path: Path, seed: int = 0) -> None:
     """Create a tiny random SD pipeline in diffusers format at `path`, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,10 +106,10 @@ def _random_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
     # diffusers annotates `scheduler` as an enum and the optional parts as required.
     return StableDiffusionPipeline(
         vae=_vae(),
-        text_encoder=_text_encoder(tokenizer),
+        text_encoder=text_encoder(tokenizer, layers=2, mlp_ratio=2),
         tokenizer=tokenizer,
         unet=_unet(),
-        scheduler=_scheduler(),  # type: ignore[arg-type]
+        scheduler=scheduler(),  # type: ignore[arg-type]
         safety_checker=None,  # type: ignore[arg-type]
         feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,

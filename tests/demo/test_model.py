@@ -11,7 +11,7 @@ from PIL import Image
 
 from sdserve.demo import DEMO_MODEL_DIR
 from sdserve.demo.evaluate import fresh_scenes, score
-from sdserve.engine.generate import generate
+from sdserve.engine.generate import generate, working_size
 from sdserve.engine.pipelines import PipelineSet, load_pipelines
 from sdserve.jobs.models import SCHEDULER_NAMES, GenerationRequest
 from sdserve.registry import DEFAULT_MODEL, load_registry
@@ -58,6 +58,14 @@ def test_every_scheduler_and_mode_at_any_size(demo: PipelineSet, scheduler: str,
     [result] = generate(demo, request, ignore_steps)
     assert result.image.size == (192, 128)  # drawn at 96x64, upscaled
     assert pixels(result.image).std() > 1.0
+
+
+def test_it_draws_at_64_pixels_and_the_requested_aspect_ratio(demo: PipelineSet) -> None:
+    assert working_size(demo, 128, 128) == (64, 64)
+    assert working_size(demo, 512, 512) == (64, 64)
+    assert working_size(demo, 192, 128) == (96, 64)
+    assert working_size(demo, 128, 768) == (64, 384)
+    assert working_size(demo, 200, 136) == (96, 64)  # sides the latents can halve cleanly
 
 
 def test_inpainting_keeps_the_preserved_pixels_at_full_size(demo: PipelineSet) -> None:
