@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdserve.demo import DEMO_MODEL_DIR, NATIVE_SIZE
+from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR, NATIVE_SIZE
 
 DEFAULT_MODEL = "default"
 DEFAULT_ALIASES = ("stable-diffusion-v1", "stabilityai/stable-diffusion-2-1")
@@ -32,6 +32,8 @@ class ModelSpec(BaseModel):
     """Largest width or height accepted, in pixels."""
     price: float = Field(default=0.0, ge=0)
     """Cost reported per generated image (DeepInfra's `inference_status.cost`), default 0."""
+    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    """The guidance scale of requests that give none."""
     native_size: int | None = Field(default=None, ge=64, le=4096)
     """The size the model was trained at, when smaller than requests may be: images are made
     at about this size (the request's aspect ratio kept) and upscaled to the requested one."""
@@ -91,7 +93,11 @@ def load_registry(models_file: Path | None, model_flags: list[str]) -> ModelRegi
         specs[name] = ModelSpec(name=name, source=source)
     if DEFAULT_MODEL not in specs:
         specs[DEFAULT_MODEL] = ModelSpec(
-            name=DEFAULT_MODEL, source=str(DEMO_MODEL_DIR), native_size=NATIVE_SIZE, builtin=True
+            name=DEFAULT_MODEL,
+            source=str(DEMO_MODEL_DIR),
+            native_size=NATIVE_SIZE,
+            guidance_scale=DEMO_GUIDANCE,
+            builtin=True,
         )
     default = specs[DEFAULT_MODEL]
     taken = {alias for spec in specs.values() for alias in (spec.name, *spec.aliases)}

@@ -21,12 +21,14 @@ def test_the_demo_model_is_the_default_and_answers_the_hosted_apis_names() -> No
 def test_file_and_flags(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
     models.write_text(
-        '[models.default]\nsource = "/m/sd15"\naliases = ["sd15"]\nmax_size = 1024\n\n'
+        '[models.default]\nsource = "/m/sd15"\naliases = ["sd15"]\nmax_size = 1024\n'
+        "guidance_scale = 5.5\nnative_size = 256\n\n"
         '[models.dream]\nsource = "/m/dream.safetensors"\nconfig = "/m/sd15"\n'
     )
     registry = load_registry(models, ["anime=/m/anime", "stable-diffusion-v1=/m/v1"])
     default = registry.resolve("sd15")
     assert default is not None and default.max_size == 1024 and default.kind == "folder"
+    assert (default.guidance_scale, default.native_size) == (5.5, 256)
     assert registry.resolve("stabilityai/stable-diffusion-2-1") is default
     # a model named like an alias claims that name
     v1 = registry.resolve("stable-diffusion-v1")
@@ -40,3 +42,4 @@ def test_bare_model_flag_is_the_default() -> None:
     registry = load_registry(None, ["runwayml/stable-diffusion-v1-5"])
     spec = registry.resolve("default")
     assert spec is not None and spec.kind == "hub" and not spec.builtin
+    assert (spec.guidance_scale, spec.native_size) == (7.5, None)  # what SD models expect

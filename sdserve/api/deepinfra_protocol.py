@@ -48,7 +48,8 @@ class DeepInfraRequest(BaseModel):
     """Starting image: URL, data URI or base64 text, or the bytes of an uploaded file."""
     num_images: int = Field(default=1, ge=1, le=4)
     num_inference_steps: int = Field(default=25, ge=1, le=512)
-    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    guidance_scale: float | None = Field(default=None, ge=1, le=20)
+    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
     strength: float = Field(default=0.8, ge=0, le=1)
     """How far to depart from `image`: 1 ignores it, 0 keeps it."""
     width: Size = 768

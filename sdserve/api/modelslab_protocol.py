@@ -116,7 +116,8 @@ class ModelsLabRequest(BaseModel):
     height: int = Field(default=512, le=MAX_SIDE)
     samples: int = Field(default=1, ge=1, le=4)
     num_inference_steps: int = Field(default=30, ge=1, le=50)
-    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    guidance_scale: float | None = Field(default=None, ge=1, le=20)
+    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     safety_checker: YesNo = False
     """Blank the images the safety check flags (default no: the operator owns the model)."""

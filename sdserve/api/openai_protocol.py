@@ -85,7 +85,8 @@ class ImageOptions(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     """The first image's seed (image i gets seed + i); random when absent."""
     num_inference_steps: int = Field(default=25, ge=1, le=500)
-    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    guidance_scale: float | None = Field(default=None, ge=1, le=20)
+    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
     scheduler: Scheduler = "K-LMS"
 
     @model_validator(mode="before")

@@ -21,7 +21,8 @@ class RunPodInput(BaseModel):
     height: int = 512
     init_image: str | None = None
     mask: str | None = None
-    guidance_scale: float = Field(default=7.5, ge=1, le=20)
+    guidance_scale: float | None = Field(default=None, ge=1, le=20)
+    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
     num_inference_steps: int = Field(default=50, ge=1, le=500)
     num_outputs: int = Field(default=1, ge=1, le=10)
     prompt_strength: float = Field(default=0.8, ge=0, le=1)

@@ -2,9 +2,9 @@
 
 Draws fresh scenes (shape, colours, size, position, seed: none taken from training's stream),
 generates each one's caption through the same registry, pipelines and engine as the server, and
-reads every image back with `score.read`. Three runs: as users run it (guidance 7.5), without
-guidance (1.0), and with the shape's own colour as the negative prompt; the last two show the
-caption's colours come through guidance.
+reads every image back with `score.read`. Four runs: at the model's default guidance, without
+guidance (1.0), at the hosted APIs' usual 7.5, and at the default with the scene's own shape
+("a red star") as the negative prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from sdserve.demo import DEMO_GUIDANCE, NATIVE_SIZE
 from sdserve.demo.scenes import Scene, sample_scene
 from sdserve.demo.score import read
 from sdserve.engine.generate import EngineOptions, generate
@@ -52,14 +53,14 @@ def score(
     guidance: float,
     steps: int,
     size: int,
-    negative_colour: bool = False,
+    negative_prompt: bool = False,
 ) -> Scores:
     hits = {"background": 0, "colour": 0, "shape": 0}
     for scene, seed in scenes:
         request = GenerationRequest(
             model=DEFAULT_MODEL,
             prompt=scene.caption(),
-            negative_prompt=f"a {scene.colour} {scene.shape}" if negative_colour else "",
+            negative_prompt=f"a {scene.colour} {scene.shape}" if negative_prompt else "",
             width=size,
             height=size,
             guidance_scale=guidance,
@@ -89,13 +90,15 @@ def main(
     """Print the demo model's scores on freshly drawn scenes."""
     spec = load_registry(None, [] if model is None else [str(Path(model))]).resolve(DEFAULT_MODEL)
     assert spec is not None
-    pipes = load_pipelines(spec.model_copy(update={"native_size": 64}), device)
+    pipes = load_pipelines(spec.model_copy(update={"native_size": NATIVE_SIZE}), device)
     scenes = fresh_scenes(count)
+    guidance = DEMO_GUIDANCE
     print(f"{count} fresh scenes, {steps} steps of K-LMS, {size}x{size}, model {spec.source}")
-    print(score(pipes, scenes, 7.5, steps, size).line("guidance 7.5 (default)"))
-    print(score(pipes, scenes, 1.0, steps, size).line("guidance 1.0"))
-    negative = score(pipes, scenes, 7.5, steps, size, negative_colour=True)
-    print(negative.line("negative prompt 'a <colour> <shape>'"))
+    print(score(pipes, scenes, guidance, steps, size).line(f"guidance {guidance} (its default)"))
+    print(score(pipes, scenes, 1.0, steps, size).line("guidance 1.0 (none)"))
+    print(score(pipes, scenes, 7.5, steps, size).line("guidance 7.5"))
+    negative = score(pipes, scenes, guidance, steps, size, negative_prompt=True)
+    print(negative.line(f"guidance {guidance}, negative prompt"))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@ draws what the prompt says, through the API."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
+from sdserve.demo import DEMO_GUIDANCE
 from sdserve.demo.grid import CELL, PROMPTS, draw, grid
 from tests.conftest import API_KEY
 from tests.helpers import ServerProcess, running_server
@@ -47,6 +50,18 @@ def test_a_red_circle_on_a_blue_background(demo_client: httpx.Client, seed: int)
     ys, xs = np.nonzero(red)
     assert abs(xs.mean() - 128) < 40 and abs(ys.mean() - 128) < 40  # ...whose mass is central
     assert red[108:148, 108:148].mean() > 0.8
+
+
+def test_requests_without_guidance_get_the_demo_models_own(demo_client: httpx.Client) -> None:
+    body = {"input": {"prompt": "a blue square", "width": 128, "height": 128, "seed": 5}}
+    answer = demo_client.post("/v2/default/runsync", json=body).json()
+    png = demo_client.get(answer["output"][0]["image"]).content
+    parameters = Image.open(io.BytesIO(png)).info["parameters"]
+    assert f"CFG scale: {DEMO_GUIDANCE}" in parameters
+    body["input"]["guidance_scale"] = 7.5  # type: ignore[index]
+    answer = demo_client.post("/v2/default/runsync", json=body).json()
+    png = demo_client.get(answer["output"][0]["image"]).content
+    assert "CFG scale: 7.5" in Image.open(io.BytesIO(png)).info["parameters"]
 
 
 def test_the_readme_grid_comes_from_the_served_api(demo_client: httpx.Client) -> None:
