@@ -55,6 +55,8 @@ WEBHOOK_LEASE_S = 60.0
 _WEBHOOK_STATES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMED_OUT)
 _FINISH_SQL = "status = %s, finished_at = %s, expires_at = %s + ttl_s"
 _FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
+_HELD = "SELECT 1 FROM procrastinate_jobs WHERE id = %s AND status = 'doing' AND worker_id = %s"
+"""A delivery still held by the given procrastinate worker (not handed on by a sweeper)."""
 
 
 def queue_name(model: str) -> str:
@@ -273,11 +275,7 @@ class PostgresJobStore(JobStore):
 
     def _holds(self, delivery: Delivery, worker_id: str) -> bool:
         with self._tx() as db:
-            row = db.execute(
-                "SELECT 1 FROM procrastinate_jobs WHERE id = %s AND status = 'doing'"
-                " AND worker_id = %s",
-                (delivery.id, self._delivery_worker(worker_id)),
-            ).fetchone()
+            row = db.execute(_HELD, (delivery.id, self._delivery_worker(worker_id))).fetchone()
         return row is not None
 
     def _fetch(self, worker_id: str) -> Delivery | None:
@@ -297,8 +295,7 @@ class PostgresJobStore(JobStore):
             row = db.execute(
                 "UPDATE sdserve_jobs SET status = 'IN_PROGRESS', started_at = %s, worker_id = %s,"
                 " attempts = attempts + 1, progress_step = 0, progress_total = 0,"
-                " delivery_id = %s WHERE id = %s AND status = 'IN_QUEUE' AND EXISTS (SELECT 1"
-                " FROM procrastinate_jobs WHERE id = %s AND status = 'doing' AND worker_id = %s)"
+                f" delivery_id = %s WHERE id = %s AND status = 'IN_QUEUE' AND EXISTS ({_HELD})"
                 " RETURNING *",
                 (
                     now,
@@ -500,7 +497,9 @@ class PostgresJobStore(JobStore):
             if not self._still_stalled(db, delivery, silent_s):
                 return None
             status = None if row is None else JobStatus(row["status"])
+            recovered = None
             if row is not None and status == JobStatus.IN_PROGRESS:
+                recovered = str(row["id"])
                 if row["attempts"] < max_attempts:
                     db.execute(
                         "UPDATE sdserve_jobs SET status = 'IN_QUEUE', started_at = NULL,"
@@ -530,8 +529,7 @@ class PostgresJobStore(JobStore):
                 self._loop.run(self._app.job_manager.retry_job(delivery, retry_at=retry_at))
             except ConnectorException:
                 log.debug("delivery %s was already handed on", delivery.id)
-        was_running = row is not None and row["status"] == JobStatus.IN_PROGRESS
-        return str(row["id"]) if was_running and row is not None else None
+        return recovered
 
     @staticmethod
     def _still_stalled(
