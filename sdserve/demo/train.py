@@ -127,9 +127,9 @@ def train_denoiser(plan: Plan, work: Path, vae: Any, scaling_factor: float) -> A
     params = [*unet.parameters(), *encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=8e-4, weight_decay=0.01)
     ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=0.75)
-    noise_schedule = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-    )
+    # The shipped scheduler's own noise schedule: training and sampling cannot drift apart.
+    noise_schedule = DDPMScheduler.from_config(architecture.scheduler().config)
+    train_steps = int(noise_schedule.config["num_train_timesteps"])
     models = torch.nn.ModuleDict({"unet": unet, "encoder": encoder})
     start = _resume(work / "denoiser.pt", models, optimizer, plan.device, ema)
     vae.requires_grad_(False)
@@ -147,7 +147,7 @@ def train_denoiser(plan: Plan, work: Path, vae: Any, scaling_factor: float) -> A
         noise = torch.randn(latents.shape, generator=rng, device=plan.device)
         shift = torch.randn((*latents.shape[:2], 1, 1), generator=rng, device=plan.device)
         noise = noise + OFFSET_NOISE * shift
-        timesteps = torch.randint(0, 1000, (plan.batch,), generator=rng, device=plan.device)
+        timesteps = torch.randint(0, train_steps, (plan.batch,), generator=rng, device=plan.device)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         ids = tokenizer(
             captions, padding="max_length", max_length=tokenizer.model_max_length,
