@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR, NATIVE_SIZE
+from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR, DEMO_SIZE, DEMO_STEPS, NATIVE_SIZE
+from sdserve.detect import detect_model
+from sdserve.families import FAMILIES, Family, FamilyName
+from sdserve.jobs.models import Scheduler, SchedulerName
 
 DEFAULT_MODEL = "default"
 DEFAULT_ALIASES = ("stable-diffusion-v1", "stabilityai/stable-diffusion-2-1")
@@ -17,10 +21,29 @@ DEFAULT_ALIASES = ("stable-diffusion-v1", "stabilityai/stable-diffusion-2-1")
 SourceKind = Literal["folder", "single_file", "hub"]
 
 
-class ModelSpec(BaseModel):
-    """One servable model."""
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+Offload = Literal["none", "model", "sequential"]
 
-    model_config = ConfigDict(frozen=True)
+
+@dataclass(frozen=True)
+class ModelRules:
+    """A model's defaults and rules: its family's, overridden by its `models.toml` entry."""
+
+    family: Family
+    size: int
+    """Default width and height."""
+    steps: int
+    guidance_scale: float
+    scheduler: SchedulerName
+    size_step: int
+    """Widths and heights must be multiples of this."""
+    max_size: int
+
+
+class ModelSpec(BaseModel):
+    """One servable model: where it comes from, and its `models.toml` settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     source: str
@@ -28,17 +51,37 @@ class ModelSpec(BaseModel):
     aliases: tuple[str, ...] = ()
     config: str | None = None
     """For single-file checkpoints: a diffusers folder or hub id whose configs describe it."""
-    max_size: int = Field(default=768, ge=128, le=4096)
-    """Largest width or height accepted, in pixels."""
+    family: FamilyName | None = None
+    """Read from the model's configs when the registry loads; set it only for a .ckpt file."""
+    size: int | None = Field(default=None, ge=64, le=4096)
+    """Default width and height (default: the model's training size, else its family's)."""
+    steps: int | None = Field(default=None, ge=1, le=500)
+    """Default denoising steps (default: its family's)."""
+    guidance_scale: float | None = Field(default=None, ge=1, le=20)
+    """The guidance scale of requests that give none (default: its family's)."""
+    scheduler: Scheduler | None = None
+    """Default sampler (default: its family's)."""
+    size_step: int | None = Field(default=None, ge=8, le=256)
+    """Widths and heights must be multiples of this (default: 8, or 16 for SD3 and FLUX)."""
+    max_size: int | None = Field(default=None, ge=128, le=4096)
+    """Largest width or height accepted, in pixels (default: its family's)."""
+    guidance_rescale: float = Field(default=0.0, ge=0, le=1)
+    """diffusers' guidance rescale (0: off), which keeps strong guidance from overexposing."""
+    dtype: Dtype = "auto"
+    """Weights' precision; auto: float16 on CUDA (bfloat16 for SD3 and FLUX), float32 on CPU."""
+    offload: Offload = "none"
+    """diffusers' CPU offload on CUDA: `model` (whole components) or `sequential` (layers)."""
+    vae_tiling: bool = False
+    """Decode large images tile by tile, to bound the VAE's memory."""
     price: float = Field(default=0.0, ge=0)
     """Cost reported per generated image (DeepInfra's `inference_status.cost`), default 0."""
-    guidance_scale: float = Field(default=7.5, ge=1, le=20)
-    """The guidance scale of requests that give none."""
     native_size: int | None = Field(default=None, ge=64, le=4096)
     """The size the model was trained at, when smaller than requests may be: images are made
     at about this size (the request's aspect ratio kept) and upscaled to the requested one."""
     builtin: bool = False
     """True for the demo model shipped in the package, the default when none is configured."""
+    config_size: int | None = None
+    """The training size its config gives; set when the registry inspects it."""
 
     @property
     def kind(self) -> SourceKind:
@@ -47,6 +90,30 @@ class ModelSpec(BaseModel):
         if Path(self.source).expanduser().is_dir() or self.source.startswith((".", "/", "~")):
             return "folder"
         return "hub"
+
+    def inspected(self) -> ModelSpec:
+        """This spec with its family read from the model's own configs (UnservedModel if it
+        cannot be read or is of a family sdserve does not serve)."""
+        if self.family is not None:
+            return self
+        found = detect_model(self.name, self.source, self.kind)
+        return self.model_copy(update={"family": found.family, "config_size": found.size})
+
+    @property
+    def rules(self) -> ModelRules:
+        """Its defaults and rules; the spec must have been inspected."""
+        if self.family is None:
+            raise RuntimeError(f"model {self.name} has not been inspected")
+        family = FAMILIES[self.family]
+        return ModelRules(
+            family=family,
+            size=self.size or self.config_size or family.size,
+            steps=self.steps or family.steps,
+            guidance_scale=self.guidance_scale or family.guidance_scale,
+            scheduler=self.scheduler or family.scheduler,
+            size_step=self.size_step or family.size_step,
+            max_size=self.max_size or family.max_size,
+        )
 
 
 class ModelRegistry:
@@ -97,10 +164,13 @@ def load_registry(models_file: Path | None, model_flags: list[str]) -> ModelRegi
             source=str(DEMO_MODEL_DIR),
             native_size=NATIVE_SIZE,
             guidance_scale=DEMO_GUIDANCE,
+            size=DEMO_SIZE,
+            steps=DEMO_STEPS,
             builtin=True,
         )
     default = specs[DEFAULT_MODEL]
     taken = {alias for spec in specs.values() for alias in (spec.name, *spec.aliases)}
     extra = tuple(a for a in DEFAULT_ALIASES if a not in taken)
     specs[DEFAULT_MODEL] = default.model_copy(update={"aliases": (*default.aliases, *extra)})
-    return ModelRegistry(list(specs.values()))
+    # Read every model's family now: a model sdserve cannot serve stops the start, by name.
+    return ModelRegistry([spec.inspected() for spec in specs.values()])

@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     """Worker processes started by `serve`, one per device."""
     device: str = "auto"
     """Device the workers run on: auto, cpu, cuda or cuda:N."""
-    max_loaded_models: int = Field(default=1, ge=1)
-    """Pipelines kept in memory per worker (least recently used is unloaded)."""
+    model_memory_gb: float | None = Field(default=None, gt=0)
+    """GiB of model weights a worker keeps loaded on its device; beyond it the least recently
+    used model is unloaded (default: all the device's memory, a GPU's or the machine's RAM)."""
     result_ttl_s: float = Field(default=1800.0, gt=0)
     """Seconds a finished job and its images are kept (default 30 minutes)."""
     output_format: OutputFormat = "url"

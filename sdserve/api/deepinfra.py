@@ -22,7 +22,7 @@ from sdserve.api.deepinfra_protocol import (
 from sdserve.api.dialect import Dialect
 from sdserve.api.limits import MB
 from sdserve.jobs.errors import EndpointNotFound, NotFound
-from sdserve.jobs.models import ImageResult, Job, JobPolicy, JobStatus, SchedulerName
+from sdserve.jobs.models import ImageResult, Job, JobPolicy, JobStatus
 from sdserve.jobs.requests import build_request
 from sdserve.registry import ModelSpec
 
@@ -35,8 +35,6 @@ FAILED_STATUS = 500
 """HTTP status of a synchronous answer whose job failed (its message is in `error`)."""
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _IMAGE_FIELDS = ("image", "mask", "width", "height")
-_SCHEDULER: SchedulerName = "K-LMS"
-"""DeepInfra has no scheduler field; this is the server's default sampler, as for RunPod."""
 
 
 def _resolve(caller: Caller, model: str) -> ModelSpec:
@@ -83,7 +81,7 @@ async def _submit(caller: Caller, spec: ModelSpec, body: DeepInfraRequest) -> Jo
         num_inference_steps=body.num_inference_steps,
         num_outputs=body.num_images,
         prompt_strength=body.strength,
-        scheduler=_SCHEDULER,
+        scheduler=None,  # DeepInfra has no such field: the model's default, as for RunPod
         seed=body.seed,
         images=images,
         scheduler_field="scheduler",

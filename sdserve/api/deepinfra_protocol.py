@@ -47,13 +47,14 @@ class DeepInfraRequest(BaseModel):
     image: Annotated[str | bytes | None, BeforeValidator(_string_or_file), _Blank] = None
     """Starting image: URL, data URI or base64 text, or the bytes of an uploaded file."""
     num_images: int = Field(default=1, ge=1, le=4)
-    num_inference_steps: int = Field(default=25, ge=1, le=512)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=512)
+    """None: the model's default, as for every field below that is None."""
     guidance_scale: float | None = Field(default=None, ge=1, le=20)
-    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
+    """None: the model's own default (its family's, or its `models.toml` entry's)."""
     strength: float = Field(default=0.8, ge=0, le=1)
     """How far to depart from `image`: 1 ignores it, 0 keeps it."""
-    width: Size = 768
-    height: Size = 768
+    width: Size | None = None
+    height: Size | None = None
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED), _Blank] = None
     use_compel: bool = False
     lora: Annotated[str | None, _Blank] = None

@@ -22,7 +22,7 @@ from sdserve.api.modelslab_protocol import (
     render_success,
 )
 from sdserve.jobs.errors import EndpointNotFound, InvalidInput, JobNotFound
-from sdserve.jobs.models import Job, JobPolicy, JobStatus
+from sdserve.jobs.models import Job, JobPolicy, JobStatus, SchedulerName
 from sdserve.jobs.requests import ImageFields, build_request
 from sdserve.registry import DEFAULT_MODEL, ModelSpec
 from sdserve.storage.base import image_key
@@ -108,11 +108,17 @@ def _images(ctx: ApiContext, body: ModelsLabRequest) -> ImageFields:
     return ctx.image_fields(body.init_image, body.mask_image, _IMAGE_FIELDS)
 
 
+def _runnable(scheduler: SchedulerName | None, spec: ModelSpec) -> SchedulerName | None:
+    # As with names sdserve does not run, a sampler this model cannot use runs its default:
+    # ModelsLab's clients send their habitual sampler whatever the model.
+    return scheduler if scheduler in spec.rules.family.schedulers else None
+
+
 async def _submit(caller: Caller, body: ModelsLabRequest, api: Api, mode: Mode) -> Job:
     ctx = caller.ctx
     spec = _resolve_model(ctx, body.model_id)
     _require_images(body, mode)
-    body.check_dimensions()
+    body.check_dimensions(spec.rules.size)
     suffix = ctx.settings.enhance_prompt_suffix if body.enhance_prompt else ""
     request = await build_request(
         spec,
@@ -124,11 +130,10 @@ async def _submit(caller: Caller, body: ModelsLabRequest, api: Api, mode: Mode) 
         num_inference_steps=body.num_inference_steps,
         num_outputs=body.samples,
         prompt_strength=body.effective_strength,
-        scheduler=body.scheduler,
+        scheduler=_runnable(body.scheduler, spec),
         seed=body.seed,
         images=_images(ctx, body),
         scheduler_field="scheduler",
-        use_compel=ctx.settings.compel_everywhere,
         blank_nsfw=body.safety_checker,
         lora=body.lora_model,
         lora_scale=body.lora_strength,

@@ -20,9 +20,6 @@ from sdserve.api.errors import ApiError
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.models import MAX_SEED, SCHEDULER_NAMES, Job, Prompt, SchedulerName
 
-DEFAULT_SCHEDULER: SchedulerName = "K-LMS"
-"""The RunPod dialect's default too, so the same fields and seed give the same image in both."""
-
 SCHEDULER_CLASSES: dict[SchedulerName, str] = {
     "DDIM": "DDIMScheduler",
     "DDPM": "DDPMScheduler",
@@ -64,14 +61,15 @@ _SCHEDULER_LOOKUP: dict[str, SchedulerName] = {
 }
 
 
-def scheduler_of(value: object) -> SchedulerName:
-    """The scheduler a ModelsLab `scheduler` value names; the default for names we do not run."""
+def scheduler_of(value: object) -> SchedulerName | None:
+    """The scheduler a ModelsLab `scheduler` value names; None (the model's default) for names
+    sdserve does not run."""
     # ModelsLab offers samplers diffusers has and sdserve does not run (UniPC, DEIS, Karras
     # variants, ...). Its clients send them by habit, so an unknown name falls back to the
     # default rather than failing the request; `meta.scheduler` says which one ran.
     if isinstance(value, str):
-        return _SCHEDULER_LOOKUP.get(_squash(value), DEFAULT_SCHEDULER)
-    return DEFAULT_SCHEDULER
+        return _SCHEDULER_LOOKUP.get(_squash(value))
+    return None
 
 
 _YES = frozenset({"yes", "y", "true", "1", "on"})
@@ -112,12 +110,13 @@ class ModelsLabRequest(BaseModel):
     """A model name or alias of the registry; absent: the default model."""
     prompt: Prompt
     negative_prompt: str = ""
-    width: int = Field(default=512, le=MAX_SIDE)
-    height: int = Field(default=512, le=MAX_SIDE)
+    width: int | None = Field(default=None, le=MAX_SIDE)
+    """None: the model's default size, as for every field below that is None."""
+    height: int | None = Field(default=None, le=MAX_SIDE)
     samples: int = Field(default=1, ge=1, le=4)
-    num_inference_steps: int = Field(default=30, ge=1, le=50)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=50)
     guidance_scale: float | None = Field(default=None, ge=1, le=20)
-    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
+    """None: the model's own default (its family's, or its `models.toml` entry's)."""
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     safety_checker: YesNo = False
     """Blank the images the safety check flags (default no: the operator owns the model)."""
@@ -133,7 +132,8 @@ class ModelsLabRequest(BaseModel):
     """Answer with base64 PNGs instead of URLs."""
     webhook: AnyHttpUrl | None = None
     track_id: int | str | None = None
-    scheduler: Annotated[SchedulerName, BeforeValidator(scheduler_of)] = DEFAULT_SCHEDULER
+    scheduler: Annotated[SchedulerName | None, BeforeValidator(scheduler_of)] = None
+    """None (also for a name sdserve does not run): the model's default."""
     lora_model: str | None = None
     """The name of an installed LoRA (one per request)."""
     lora_strength: float = Field(default=1.0, ge=0, le=2)
@@ -162,8 +162,11 @@ class ModelsLabRequest(BaseModel):
                 return value
         return 0.8
 
-    def check_dimensions(self) -> None:
-        """At most 1024x768 or 768x1024: both sides over 768 is too large."""
+    def check_dimensions(self, default_size: int) -> None:
+        """At most 1024x768 or 768x1024: both sides over 768 is too large, except on models made
+        for 1024x1024 (`default_size`: SDXL, SD3, FLUX), which ModelsLab serves at that size."""
+        if self.width is None or self.height is None or default_size >= MAX_SIDE:
+            return
         if min(self.width, self.height) > MAX_SHORT_SIDE:
             field = "width" if self.width <= self.height else "height"
             raise InvalidInput(

@@ -21,8 +21,6 @@ from sdserve.api.errors import ApiError
 from sdserve.jobs.models import MAX_SEED, ImageResult, Job, Prompt, Scheduler
 from sdserve.registry import DEFAULT_MODEL, ModelSpec
 
-DEFAULT_SIZE = (512, 512)
-"""Width and height when `size` is absent or `auto`."""
 ResponseFormat = Literal["url", "b64_json"]
 ImageData = Callable[[ImageResult], dict[str, str]]
 """One image as `{"url": ...}` or `{"b64_json": ...}`."""
@@ -84,10 +82,11 @@ class ImageOptions(BaseModel):
     negative_prompt: str = ""
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     """The first image's seed (image i gets seed + i); random when absent."""
-    num_inference_steps: int = Field(default=25, ge=1, le=500)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
+    """None: the model's default, as for guidance_scale and scheduler."""
     guidance_scale: float | None = Field(default=None, ge=1, le=20)
-    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
-    scheduler: Scheduler = "K-LMS"
+    """None: the model's own default (its family's, or its `models.toml` entry's)."""
+    scheduler: Scheduler | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -98,10 +97,10 @@ class ImageOptions(BaseModel):
         return data
 
     @property
-    def dimensions(self) -> tuple[int, int]:
-        """Width and height asked for."""
+    def dimensions(self) -> tuple[int | None, int | None]:
+        """Width and height asked for; None: the model's default size."""
         if self.size is None:
-            return DEFAULT_SIZE
+            return None, None
         width, _, height = self.size.partition("x")
         return int(width), int(height)
 

@@ -46,6 +46,7 @@ async def _submit(caller: Caller, endpoint: str, body: RunPodRequest) -> Job:
         seed=given.seed,
         images=images,
         scheduler_field="input.scheduler",
+        prefix="input.",
     )
     policy = JobPolicy(
         execution_timeout_ms=body.policy.executionTimeout,

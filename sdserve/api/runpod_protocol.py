@@ -17,16 +17,17 @@ class RunPodInput(BaseModel):
 
     prompt: Prompt
     negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
+    width: int | None = None
+    """None: the model's default size (`ModelRules.size`), as are the fields below."""
+    height: int | None = None
     init_image: str | None = None
     mask: str | None = None
     guidance_scale: float | None = Field(default=None, ge=1, le=20)
-    """None: the model's own default (`ModelSpec.guidance_scale`, 7.5 unless it says)."""
-    num_inference_steps: int = Field(default=50, ge=1, le=500)
+    """None: the model's own default (its family's, or its `models.toml` entry's)."""
+    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
     num_outputs: int = Field(default=1, ge=1, le=10)
     prompt_strength: float = Field(default=0.8, ge=0, le=1)
-    scheduler: Scheduler = "K-LMS"
+    scheduler: Scheduler | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 

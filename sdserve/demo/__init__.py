@@ -11,3 +11,7 @@ NATIVE_SIZE = 64
 """The size it draws at; larger requests get its image upscaled."""
 DEMO_GUIDANCE = 3.0
 """Its default guidance scale: it follows prompts best at 2-3 and falls apart above about 4."""
+DEMO_SIZE = 512
+"""Its default width and height: what clients of the hosted APIs expect (it draws at 64)."""
+DEMO_STEPS = 25
+"""Its default denoising steps: more change nothing visible in its 64x64 drawings."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,6 @@ from typing import Any, Literal, Protocol
 import torch
 from PIL import Image
 
-from sdserve.engine.loras import applied_lora
 from sdserve.engine.pipelines import PipelineSet
 from sdserve.engine.prompts import weighted_embeddings
 from sdserve.engine.safety import blanked, is_nsfw
@@ -81,7 +81,7 @@ def generate(
     lora = _lora_file(request, options)
     progress = _Progress(on_step, request.num_outputs)
     results = []
-    with applied_lora(pipes.txt2img, lora, request.lora_scale):
+    with pipes.loras.applied(pipes.txt2img, lora, request.lora_scale):
         prompts = _prompt_arguments(pipes, request, options)
         for index in range(request.num_outputs):
             seed = request.image_seed(index)
@@ -109,8 +109,15 @@ def _prompt_arguments(
 ) -> dict[str, Any]:
     """The prompts as the pipelines take them: text, or compel's weighted embeddings."""
     # Computed once per request, with the LoRA applied (it may change the text encoder).
-    if request.use_compel or options.compel_everywhere:
-        return weighted_embeddings(pipes.txt2img, request.prompt, request.negative_prompt)
+    family = pipes.family
+    # compel_everywhere weights what compel can: the API refuses an explicit use_compel on
+    # families it cannot weight.
+    if (request.use_compel or options.compel_everywhere) and family.compel:
+        return weighted_embeddings(
+            pipes.txt2img, family.name, request.prompt, request.negative_prompt
+        )
+    if not family.negative_prompt:
+        return {"prompt": request.prompt}
     return {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
 
 
@@ -133,7 +140,7 @@ def _generate_one(
     )
     # A fresh scheduler and generator per image: image i of a batch is then exactly the image a
     # one-image request with its seed gives.
-    pipe.scheduler = make_scheduler(request.scheduler, pipes.scheduler_config)
+    pipe.scheduler = make_scheduler(request.scheduler, pipes.scheduler_config, pipes.family.name)
     # Any: diffusers annotates callback_on_step_end as taking two arguments; it passes four.
     arguments: dict[str, Any] = {
         **prompts,
@@ -143,15 +150,19 @@ def _generate_one(
         "callback_on_step_end": progress,
     }
     width, height = working_size(pipes, request.width, request.height)
-    if mode != "img2img":  # img2img takes its size from the init image
-        arguments |= {"width": width, "height": height}
+    arguments |= {"width": width, "height": height}
+    if pipes.spec.guidance_rescale:
+        arguments["guidance_rescale"] = pipes.spec.guidance_rescale
     if init is not None:
         arguments |= {"image": _fit(init, width, height), "strength": _strength(request)}
     if mode == "inpaint" and mask is not None:
         arguments["mask_image"] = _fit(mask, width, height)
+    # Families' pipelines differ in what they take (SD's img2img takes its size from the init
+    # image, FLUX has no negative prompt): each gets only what its __call__ declares.
+    accepted = inspect.signature(pipe.__call__).parameters
     # The pipelines carry no safety checker (see load_pipelines): `generate` runs the check.
-    images, _ = pipe(**arguments, return_dict=False)
-    image: Image.Image = images[0]
+    output = pipe(**{k: v for k, v in arguments.items() if k in accepted}, return_dict=False)
+    image: Image.Image = output[0][0]
     return _fit(image, request.width, request.height)
 
 
@@ -159,10 +170,11 @@ def working_size(pipes: PipelineSet, width: int, height: int) -> tuple[int, int]
     """The size to draw at: the request's, or, for a model trained on smaller images, about its
     native size at the request's aspect ratio (the image is upscaled afterwards)."""
     native = pipes.native_size
-    if native is None or min(width, height) <= native:
+    unet = getattr(pipes.txt2img, "unet", None)
+    if native is None or unet is None or min(width, height) <= native:
         return width, height
     # Both sides must halve cleanly through the VAE and every UNet down block.
-    unet_downs = len(pipes.txt2img.unet.config["block_out_channels"]) - 1
+    unet_downs = len(unet.config["block_out_channels"]) - 1
     step = pipes.txt2img.vae_scale_factor * 2**unet_downs
     scale = native / min(width, height)
     return (

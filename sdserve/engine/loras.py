@@ -1,42 +1,97 @@
-"""Applying a LoRA to one request only, through diffusers' own LoRA loading."""
+"""LoRAs loaded once per model and switched on for one request at a time (diffusers' adapters)."""
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
-    StableDiffusionPipeline,
-)
+import safetensors.torch
+from safetensors import SafetensorError
 
-_ADAPTER = "sdserve-request"
+log = logging.getLogger(__name__)
+
+MAX_ADAPTERS = 8
+"""LoRAs kept loaded per model; the least recently used is deleted beyond this."""
 
 
 class LoraLoadError(ValueError):
     """A LoRA file that diffusers cannot apply to the model; the message names the LoRA."""
 
 
-@contextmanager
-def applied_lora(pipe: StableDiffusionPipeline, path: Path | None, scale: float) -> Iterator[None]:
-    """Within the block, `pipe`'s UNet and text encoder carry the LoRA at `path`, at `scale`.
+@dataclass(frozen=True)
+class _Loaded:
+    adapter: str
+    """The adapter name diffusers knows it by."""
+    version: tuple[int, int]
+    """The file's modification time and size when it was read: a replaced file is read again."""
 
-    The txt2img, img2img and inpaint pipelines share these modules, so one `pipe` serves all
-    three. On leaving, by return, error or cancel, the LoRA layers are removed again and the
-    model computes exactly what it computed before.
+
+class LoraAdapters:
+    """The LoRAs loaded into one model's pipelines so far.
+
+    The txt2img, img2img and inpaint pipelines share their modules, so loading into one
+    serves all three. Between requests every adapter is disabled: the model then computes
+    exactly what it computed before any LoRA was loaded.
     """
-    if path is None:
-        yield
-        return
-    try:
+
+    def __init__(self) -> None:
+        self._loaded: OrderedDict[Path, _Loaded] = OrderedDict()
+        self._count = 0
+
+    @contextmanager
+    def applied(self, pipe: Any, path: Path | None, scale: float) -> Iterator[None]:
+        """Within the block, `pipe` runs with the LoRA at `path` at `scale` (none: as it is)."""
+        if path is None:
+            yield
+            return
+        adapter = self._adapter(pipe, path)
         try:
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=_ADAPTER)
-        except (ValueError, KeyError, RuntimeError, OSError) as error:
+            pipe.enable_lora()
+            pipe.set_adapters([adapter], adapter_weights=[scale])
+            yield
+        finally:
+            pipe.disable_lora()
+
+    @property
+    def loaded(self) -> list[Path]:
+        """Files of the LoRAs loaded, least recently used first."""
+        return list(self._loaded)
+
+    def _adapter(self, pipe: Any, path: Path) -> str:
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        known = self._loaded.get(path)
+        if known is not None and known.version == version:
+            self._loaded.move_to_end(path)
+            return known.adapter
+        if known is not None:
+            self._delete(pipe, path)
+        while len(self._loaded) >= MAX_ADAPTERS:
+            self._delete(pipe, next(iter(self._loaded)))
+        self._count += 1
+        adapter = f"lora{self._count}"
+        try:
+            # Read into memory, not mapped: a mapped file rewritten in place would change (or,
+            # truncated, crash) the loaded adapter under a running request.
+            weights = safetensors.torch.load(path.read_bytes())
+            pipe.load_lora_weights(weights, adapter_name=adapter)
+        except (
+            ValueError, KeyError, RuntimeError, OSError, AttributeError, SafetensorError
+        ) as error:  # fmt: skip
+            # A half-applied file may have added layers to some modules: start clean.
+            pipe.unload_lora_weights()
+            self._loaded.clear()
             raise LoraLoadError(
                 f"LoRA {path.stem!r} cannot be applied to this model: {error}"
             ) from error
-        pipe.set_adapters([_ADAPTER], adapter_weights=[scale])
-        yield
-    finally:
-        # Unloaded, not disabled: the model's modules are then the very ones it had before.
-        pipe.unload_lora_weights()  # type: ignore[no-untyped-call]
+        self._loaded[path] = _Loaded(adapter, version)
+        log.info("loaded LoRA %s as adapter %s", path.stem, adapter)
+        return adapter
+
+    def _delete(self, pipe: Any, path: Path) -> None:
+        pipe.delete_adapters([self._loaded.pop(path).adapter])

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from compel import Compel
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
-    StableDiffusionPipeline,
-)
+from compel import Compel, CompelForSDXL
+
+from sdserve.families import FamilyName
 
 
 def weighted_embeddings(
-    pipe: StableDiffusionPipeline, prompt: str, negative_prompt: str
+    pipe: Any, family: FamilyName, prompt: str, negative_prompt: str
 ) -> dict[str, torch.Tensor]:
-    """`prompt_embeds` and `negative_prompt_embeds` for `pipe`, weighted as compel reads them."""
+    """The prompt embeddings of `pipe`, weighted as compel reads the prompts.
+
+    Only families whose text encoders are all CLIP (SD 1.x, 2.x, SDXL); the API refuses
+    compel for the others.
+    """
+    if family == "sdxl":
+        # SDXL conditions on both encoders' hidden states and the second one's pooled output.
+        conditioning = CompelForSDXL(pipe)(main_prompt=prompt, negative_prompt=negative_prompt)
+        return {
+            "prompt_embeds": conditioning.embeds,
+            "pooled_prompt_embeds": conditioning.pooled_embeds,
+            "negative_prompt_embeds": conditioning.negative_embeds,
+            "negative_pooled_prompt_embeds": conditioning.negative_pooled_embeds,
+        }
     # Not truncated: prompts past CLIP's 77 tokens go in 77-token chunks, as in A1111. Compel
     # pads both prompts to one length, which the pipelines require of the two embeddings.
     compel = Compel(

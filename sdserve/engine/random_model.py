@@ -40,7 +40,7 @@ def _unet() -> UNet2DConditionModel:
     unet: UNet2DConditionModel = UNet2DConditionModel(
         block_out_channels=(32, 64, 64),
         layers_per_block=1,
-        sample_size=32,
+        sample_size=64,  # x 8 = 512, the default size, as on SD 1.5
         in_channels=_LATENT_CHANNELS,
         out_channels=_LATENT_CHANNELS,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),

@@ -14,6 +14,9 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
     EulerAncestralDiscreteScheduler,
 )
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+    FlowMatchEulerDiscreteScheduler,
+)
 from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
 from diffusers.schedulers.scheduling_ipndm import IPNDMScheduler
 from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
@@ -24,6 +27,7 @@ from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from sdserve.families import FLOW_FAMILIES, FamilyName
 from sdserve.jobs.models import SchedulerName
 
 SCHEDULERS: dict[SchedulerName, type[SchedulerMixin]] = {
@@ -41,6 +45,11 @@ SCHEDULERS: dict[SchedulerName, type[SchedulerMixin]] = {
     "K-LMS": LMSDiscreteScheduler,
 }
 
+FLOW_SCHEDULER_CLASSES: dict[SchedulerName, type[SchedulerMixin]] = {
+    "EULER-D": FlowMatchEulerDiscreteScheduler,
+}
+"""The samplers of flow-matching families (SD3, FLUX), by the same names."""
+
 _SD_DEFAULTS: dict[SchedulerName, dict[str, object]] = {
     # What SD's own scheduler configs set where diffusers' class defaults differ. A model whose
     # config is for another class lacks them, and the class defaults would clip SD's latents to
@@ -52,12 +61,20 @@ _SD_DEFAULTS: dict[SchedulerName, dict[str, object]] = {
 }
 
 
-def make_scheduler(name: SchedulerName, base_config: Mapping[str, object]) -> SchedulerMixin:
-    """A fresh scheduler `name` configured from the model's own scheduler config."""
+def scheduler_classes(family: FamilyName) -> dict[SchedulerName, type[SchedulerMixin]]:
+    """The scheduler classes a family's models run, by name."""
+    return FLOW_SCHEDULER_CLASSES if family in FLOW_FAMILIES else SCHEDULERS
+
+
+def make_scheduler(
+    name: SchedulerName, base_config: Mapping[str, object], family: FamilyName = "sd1"
+) -> SchedulerMixin:
+    """A fresh scheduler `name` for a model of `family`, configured from its own config."""
     # A new instance every call: schedulers keep per-run state (step index, history).
     # Every diffusers scheduler is also a ConfigMixin; SchedulerMixin's type does not say so.
     config = {**_SD_DEFAULTS.get(name, {}), **base_config}
-    scheduler: SchedulerMixin = SCHEDULERS[name].from_config(config)  # type: ignore[attr-defined]
+    scheduler_class = scheduler_classes(family)[name]
+    scheduler: SchedulerMixin = scheduler_class.from_config(config)  # type: ignore[attr-defined]
     return scheduler
 
 

@@ -17,12 +17,45 @@ RANDOM_SEED_BOUND = 2**32
 
 
 def check_size(field: str, value: int, spec: ModelSpec) -> None:
-    """Width and height: multiples of 8 from 128 to the model's maximum."""
-    if value % 8 or not MIN_SIZE <= value <= spec.max_size:
+    """Width and height: multiples of the model's size step from 128 to its maximum."""
+    rules = spec.rules
+    if value % rules.size_step or not MIN_SIZE <= value <= rules.max_size:
         raise InvalidInput(
             field,
-            f"must be a multiple of 8 between {MIN_SIZE} and {spec.max_size} for model"
-            f" {spec.name} (got {value})",
+            f"must be a multiple of {rules.size_step} between {MIN_SIZE} and {rules.max_size}"
+            f" for model {spec.name} (got {value})",
+        )
+
+
+def check_scheduler(field: str, scheduler: SchedulerName, spec: ModelSpec, init: bool) -> None:
+    """The sampler must be one the model's family runs, and able to start from an init image."""
+    family = spec.rules.family
+    if scheduler not in family.schedulers:
+        raise InvalidInput(
+            field,
+            f"model {spec.name} ({family.title}) runs {', '.join(family.schedulers)} only;"
+            f" {scheduler} has no equivalent for it (got {scheduler})",
+        )
+    if scheduler in TXT2IMG_ONLY_SCHEDULERS and init:
+        raise InvalidInput(
+            field, f"{scheduler} cannot start from an init image; choose another, e.g. K-LMS"
+        )
+
+
+def _check_family(spec: ModelSpec, negative_prompt: str, use_compel: bool, prefix: str) -> None:
+    family = spec.rules.family
+    if negative_prompt.strip() and not family.negative_prompt:
+        raise InvalidInput(
+            f"{prefix}negative_prompt",
+            f"model {spec.name} ({family.title}) has no negative prompt: its guidance is"
+            " distilled into the model, so there is no unconditional pass to steer; leave it"
+            " empty",
+        )
+    if use_compel and not family.compel:
+        raise InvalidInput(
+            f"{prefix}use_compel",
+            f"compel cannot weight prompts of model {spec.name} ({family.title}): compel"
+            " weights CLIP text encoders, and this model's prompts go through T5 as well",
         )
 
 
@@ -31,13 +64,13 @@ async def build_request(
     *,
     prompt: str,
     negative_prompt: str,
-    width: int,
-    height: int,
+    width: int | None,
+    height: int | None,
     guidance_scale: float | None,
-    num_inference_steps: int,
+    num_inference_steps: int | None,
     num_outputs: int,
     prompt_strength: float,
-    scheduler: SchedulerName,
+    scheduler: SchedulerName | None,
     seed: int | None,
     images: ImageFields,
     scheduler_field: str,
@@ -47,24 +80,28 @@ async def build_request(
     blank_nsfw: bool = False,
     loras_dir: Path | None = None,
     lora_field: str = "lora",
+    prefix: str = "",
 ) -> GenerationRequest:
     """Validate the model-dependent rules and load input images into a canonical request.
 
-    `loras_dir` is the server's LoRA folder (`Settings.loras_dir`): a `lora` not installed there
-    is refused as `lora_field`. Without it the worker refuses the job instead, as FAILED.
+    A field left out (None) gets the model's default. `loras_dir` is the server's LoRA folder
+    (`Settings.loras_dir`): a `lora` not installed there is refused as `lora_field`. Without it
+    the worker refuses the job instead, as FAILED. `prefix` leads the names of the fields this
+    checks (RunPod's `input.`).
     """
+    rules = spec.rules
+    width = rules.size if width is None else width
+    height = rules.size if height is None else height
+    scheduler = rules.scheduler if scheduler is None else scheduler
     check_size(images.width_field, width, spec)
     check_size(images.height_field, height, spec)
+    check_scheduler(scheduler_field, scheduler, spec, bool(images.init_image))
+    _check_family(spec, negative_prompt, use_compel, prefix)
     if lora is not None and loras_dir is not None:
         try:
             find_lora(loras_dir, lora)
         except UnknownLora as error:
             raise InvalidInput(lora_field, str(error)) from None
-    if scheduler in TXT2IMG_ONLY_SCHEDULERS and images.init_image:
-        raise InvalidInput(
-            scheduler_field,
-            f"{scheduler} cannot start from an init image; choose another, e.g. K-LMS",
-        )
     init_png, mask_png = await images.load(width, height)
     return GenerationRequest(
         model=spec.name,
@@ -74,8 +111,8 @@ async def build_request(
         height=height,
         init_image=init_png,
         mask=mask_png,
-        guidance_scale=spec.guidance_scale if guidance_scale is None else guidance_scale,
-        num_inference_steps=num_inference_steps,
+        guidance_scale=rules.guidance_scale if guidance_scale is None else guidance_scale,
+        num_inference_steps=rules.steps if num_inference_steps is None else num_inference_steps,
         num_outputs=num_outputs,
         prompt_strength=prompt_strength,
         scheduler=scheduler,

@@ -12,8 +12,8 @@ from multiprocessing.synchronize import Event
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sdserve.engine.cache import PipelineCache
     from sdserve.engine.generate import GeneratedImage
-    from sdserve.engine.pipelines import PipelineCache
 
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.models import GenerationRequest
@@ -115,7 +115,8 @@ def worker_main(
     (`sdserve worker`, which sets `stop` to drain: the running job ends, then the loop)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Imported here so that the API process, which imports this module, never loads torch.
-    from sdserve.engine.pipelines import PipelineCache, resolve_device
+    from sdserve.engine.cache import GIB, PipelineCache
+    from sdserve.engine.pipelines import resolve_device
 
     registry = load_registry(settings.models_file, settings.model)
     models = served_models(settings, registry)
@@ -123,7 +124,8 @@ def worker_main(
     device = resolve_device(settings.device)
     if device == "cpu":
         _share_cpu_cores(settings.workers if parent_pid is not None else 1, settings.cpu_threads)
-    cache = PipelineCache(device, max_models=settings.max_loaded_models)
+    budget = settings.model_memory_gb
+    cache = PipelineCache(device, int(budget * GIB) if budget else None)
 
     # Warm the default model when this worker serves it, else the first model it serves.
     _prepare_default(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,22 @@ def _pixels(pipes: PipelineSet, request: GenerationRequest, loras_dir: Path) -> 
 
 
 def _has_lora_layers(pipes: PipelineSet) -> bool:
+    """Whether any LoRA layer is switched on (loaded ones stay, disabled, between requests)."""
     modules = [*pipes.txt2img.unet.modules(), *pipes.txt2img.text_encoder.modules()]
-    return any(hasattr(m, "lora_A") for m in modules)
+    return any(hasattr(m, "lora_A") and not m.disable_adapters for m in modules)
+
+
+def _base_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own weights, under their names before any LoRA layer wrapped them."""
+    return {
+        k.replace(".base_layer", ""): v for k, v in module.state_dict().items() if ".lora_" not in k
+    }
 
 
 def test_a_lora_changes_the_image_and_leaves_no_trace(pipes: PipelineSet, loras_dir: Path) -> None:
     request = make_request(scheduler="EULER-A")
     before = _pixels(pipes, request, loras_dir)
-    weights = {k: v.clone() for k, v in pipes.txt2img.unet.state_dict().items()}
+    weights = {k: v.clone() for k, v in _base_weights(pipes.txt2img.unet).items()}
 
     with_lora = _pixels(pipes, request.model_copy(update={"lora": "ink"}), loras_dir)
     after = _pixels(pipes, request, loras_dir)
@@ -47,7 +56,7 @@ def test_a_lora_changes_the_image_and_leaves_no_trace(pipes: PipelineSet, loras_
     assert np.abs(with_lora - before).mean() > 1.0
     assert np.array_equal(after, before)
     assert not _has_lora_layers(pipes)
-    now = pipes.txt2img.unet.state_dict()
+    now = _base_weights(pipes.txt2img.unet)
     assert now.keys() == weights.keys()
     assert all(torch.equal(now[k], weights[k]) for k in weights)
 
@@ -148,3 +157,22 @@ def test_a_lora_file_that_does_not_fit_is_a_clear_error(
 
     assert not _has_lora_layers(pipes)
     assert np.array_equal(_pixels(pipes, request, tmp_path), before)
+
+
+def test_a_lora_is_read_once_and_again_only_when_its_file_changes(
+    pipes: PipelineSet, loras_dir: Path, tmp_path: Path
+) -> None:
+    lora = tmp_path / "swap.safetensors"
+    lora.write_bytes((loras_dir / "ink.safetensors").read_bytes())
+    request = make_request(lora="swap")
+    first = _pixels(pipes, request, tmp_path)
+    stat = lora.stat()
+    # Same size and time, other bytes: only a second read of the file would notice.
+    lora.write_bytes(b"\0" * stat.st_size)
+    os.utime(lora, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    assert np.array_equal(_pixels(pipes, request, tmp_path), first)
+
+    os.utime(lora, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(LoraLoadError, match="LoRA 'swap' cannot be applied"):
+        _pixels(pipes, request, tmp_path)

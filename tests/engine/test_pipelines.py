@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from sdserve.detect import UnservedModel
+from sdserve.engine.cache import PipelineCache
 from sdserve.engine.generate import generate
-from sdserve.engine.pipelines import PipelineCache, PipelineSet, load_pipelines, resolve_device
+from sdserve.engine.memory import ModelTooLarge, estimated_bytes
+from sdserve.engine.pipelines import PipelineSet, load_pipelines, resolve_device
 from sdserve.registry import ModelSpec
 
 from .helpers import make_request, pixels
@@ -32,8 +35,9 @@ def test_a_diffusers_folder_loads_as_three_pipelines_sharing_weights(pipes: Pipe
 
 
 def test_a_single_file_checkpoint_loads_with_a_local_config(
-    pipes: PipelineSet, tiny_model: Path, tmp_path: Path
+    tiny_spec: ModelSpec, tiny_model: Path, tmp_path: Path
 ) -> None:
+    pipes = load_pipelines(tiny_spec, "cpu")  # its own: the shared one may carry LoRA layers
     checkpoint = tmp_path / "tiny.safetensors"
     save_ldm_checkpoint(pipes.txt2img, checkpoint)
     spec = ModelSpec(name="single", source=str(checkpoint), config=str(tiny_model))
@@ -53,7 +57,9 @@ def test_a_single_file_checkpoint_loads_with_a_local_config(
 def test_a_missing_folder_is_reported_by_path(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
 
-    with pytest.raises(FileNotFoundError, match=f"model lost: {re.escape(str(missing))} does not"):
+    with pytest.raises(
+        UnservedModel, match=f"model lost: cannot read its configs from {re.escape(str(missing))}"
+    ):
         load_pipelines(ModelSpec(name="lost", source=str(missing)), "cpu")
 
 
@@ -83,8 +89,15 @@ def test_the_cache_reuses_a_loaded_model(tiny_model: Path) -> None:
     assert cache.get(_spec(tiny_model, "a")) is first
 
 
-def test_the_cache_evicts_the_least_recently_used_model(tiny_model: Path) -> None:
-    cache = PipelineCache("cpu", max_models=2)
+def _bytes_of(tiny_model: Path) -> int:
+    return PipelineCache("cpu").get(_spec(tiny_model, "probe")).weights_bytes
+
+
+def test_the_cache_evicts_the_least_recently_used_model_beyond_its_memory(
+    tiny_model: Path,
+) -> None:
+    size = _bytes_of(tiny_model)
+    cache = PipelineCache("cpu", budget_bytes=int(size * 2.5))
     a = cache.get(_spec(tiny_model, "a"))
     cache.get(_spec(tiny_model, "b"))
     cache.get(_spec(tiny_model, "a"))
@@ -92,14 +105,34 @@ def test_the_cache_evicts_the_least_recently_used_model(tiny_model: Path) -> Non
     cache.get(_spec(tiny_model, "c"))
 
     assert cache.loaded == ["a", "c"]
+    assert cache.used_bytes <= size * 2.5
     assert cache.get(_spec(tiny_model, "a")) is a
 
 
-def test_a_cache_of_one_holds_only_the_latest_model(tiny_model: Path) -> None:
-    cache = PipelineCache("cpu")
+def test_a_budget_for_one_model_holds_only_the_latest(tiny_model: Path) -> None:
+    cache = PipelineCache("cpu", budget_bytes=int(_bytes_of(tiny_model) * 1.5))
     a = cache.get(_spec(tiny_model, "a"))
 
     cache.get(_spec(tiny_model, "b"))
 
     assert cache.loaded == ["b"]
     assert cache.get(_spec(tiny_model, "a")) is not a
+
+
+def test_a_model_larger_than_the_budget_is_a_clear_error_before_loading(
+    tiny_model: Path,
+) -> None:
+    cache = PipelineCache("cpu", budget_bytes=_bytes_of(tiny_model) // 2)
+
+    with pytest.raises(ModelTooLarge, match=r"model a needs 0\.0 GiB .* more than the"):
+        cache.get(_spec(tiny_model, "a"))
+    assert cache.loaded == []
+
+
+def test_the_estimate_read_from_the_files_matches_the_loaded_weights(tiny_model: Path) -> None:
+    spec = _spec(tiny_model, "a").inspected()
+
+    # Buffers that are not saved (CLIP's position ids) are the only difference.
+    assert estimated_bytes(spec, torch.float32, "cpu") == pytest.approx(
+        _bytes_of(tiny_model), rel=0.001
+    )
