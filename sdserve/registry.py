@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR, DEMO_SIZE, DEMO_STEPS, NATIVE_SIZE
 from sdserve.detect import detect_model
@@ -114,6 +114,35 @@ class ModelSpec(BaseModel):
             size_step=self.size_step or family.size_step,
             max_size=self.max_size or family.max_size,
         )
+
+
+def describe(spec: ModelSpec) -> dict[str, JsonValue]:
+    """What a client needs to know of a model: its family, defaults and size rules."""
+    rules = spec.rules
+    return {
+        "family": rules.family.name,
+        "family_title": rules.family.title,
+        "width": rules.size,
+        "height": rules.size,
+        "num_inference_steps": rules.steps,
+        "guidance_scale": rules.guidance_scale,
+        "scheduler": rules.scheduler,
+        "schedulers": list(rules.family.schedulers),
+        "size_step": rules.size_step,
+        "max_size": rules.max_size,
+        "negative_prompt": rules.family.negative_prompt,
+        "compel": rules.family.compel,
+    }
+
+
+def summary(spec: ModelSpec) -> str:
+    """One line on a model for messages: `default (Stable Diffusion 1.x, 512x512, 25 steps,
+    guidance 3.0)`."""
+    rules = spec.rules
+    return (
+        f"{spec.name} ({rules.family.title}, {rules.size}x{rules.size}, {rules.steps} steps,"
+        f" guidance {rules.guidance_scale})"
+    )
 
 
 class ModelRegistry:

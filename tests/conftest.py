@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sdserve.families import FamilyName
 from tests.helpers import ServerProcess, running_server
 from tests.pg import fresh_database
 from tests.s3server import moto_s3_server, s3_env
@@ -24,6 +25,26 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_random_pipeline(path, seed=0)
     return path
+
+
+class FamilyModels:
+    """Tiny random pipelines of each family, built on first use and kept for the session."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def __call__(self, family: FamilyName) -> Path:
+        from sdserve.engine.random_model import build_random_family
+
+        path = self._folder / family
+        if not path.exists():
+            build_random_family(path, family, seed=0)
+        return path
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory) -> FamilyModels:
+    return FamilyModels(tmp_path_factory.mktemp("families"))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from sdserve.api.modelslab_protocol import (
 from sdserve.jobs.errors import EndpointNotFound, InvalidInput, JobNotFound
 from sdserve.jobs.models import Job, JobPolicy, JobStatus, SchedulerName
 from sdserve.jobs.requests import ImageFields, build_request
-from sdserve.registry import DEFAULT_MODEL, ModelSpec
+from sdserve.registry import DEFAULT_MODEL, ModelSpec, summary
 from sdserve.storage.base import image_key
 
 NAME = "modelslab"
@@ -86,8 +86,11 @@ def _resolve_model(ctx: ApiContext, model_id: str | None) -> ModelSpec:
     try:
         return ctx.service.resolve_endpoint(model_id or DEFAULT_MODEL)
     except EndpointNotFound as exc:
+        models = "; ".join(summary(spec) for spec in ctx.service.registry.models)
         raise InvalidInput(
-            "model_id", f"no model {model_id!r}; available: {', '.join(exc.available)}"
+            "model_id",
+            f"no model {model_id!r}; available: {models} (names and aliases:"
+            f" {', '.join(exc.available)})",
         ) from None
 
 

@@ -19,7 +19,7 @@ from pydantic import (
 
 from sdserve.api.errors import ApiError
 from sdserve.jobs.models import MAX_SEED, ImageResult, Job, Prompt, Scheduler
-from sdserve.registry import DEFAULT_MODEL, ModelSpec
+from sdserve.registry import DEFAULT_MODEL, ModelSpec, describe
 
 ResponseFormat = Literal["url", "b64_json"]
 ImageData = Callable[[ImageResult], dict[str, str]]
@@ -153,13 +153,15 @@ def render_images(job: Job, image_data: ImageData) -> dict[str, Any]:
 
 
 def render_model(name: str, spec: ModelSpec, created: int) -> dict[str, Any]:
-    """One entry of `/v1/models`; `root` names the model an alias answers with."""
+    """One entry of `/v1/models`; `root` names the model an alias answers with, the other
+    fields beyond OpenAI's say what it is and what a request leaving fields out gets."""
     return {
         "id": name,
         "object": "model",
         "created": created,
         "owned_by": "sdserve",
         "root": spec.name,
+        **describe(spec),
     }
 
 

@@ -18,6 +18,7 @@ from sdserve.api.runpod_protocol import (
 )
 from sdserve.jobs.models import Job, JobPolicy
 from sdserve.jobs.requests import build_request
+from sdserve.registry import describe
 
 router = APIRouter(tags=["runpod"])
 
@@ -113,6 +114,7 @@ def purge_queue(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str
 @router.get(_PREFIX + "/health")
 def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Job counts of this endpoint and the state of the workers."""
+    spec = caller.ctx.service.resolve_endpoint(endpoint)
     counts = caller.ctx.service.counts(endpoint)
     workers = caller.ctx.service.workers()
     running = sum(1 for w in workers if w.job_id is not None)
@@ -125,6 +127,9 @@ def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any
             "retried": counts.retried,
         },
         "workers": {"idle": len(workers) - running, "running": running},
+        # Beyond RunPod's shape: the model this endpoint serves, so a client knows what a
+        # request leaving fields out gets.
+        "model": {"name": spec.name, **describe(spec)},
     }
 
 

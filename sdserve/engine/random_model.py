@@ -3,9 +3,11 @@ when what the image shows does not matter (it draws noise), at the smallest cost
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTokenizer
 
 from sdserve.demo.architecture import BOS, EOS, scheduler, text_encoder
+from sdserve.families import FamilyName
 
 _MAX_TOKENS = 77
 _LATENT_CHANNELS = 4
@@ -114,3 +117,20 @@ def _random_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
         feature_extractor=None,  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
+
+
+def build_random_family(path: Path, family: FamilyName, seed: int = 0) -> None:
+    """Create a tiny random pipeline of `family` in diffusers format at `path`."""
+    # Imported here: those modules build on this one's tokenizer and VAE.
+    from sdserve.engine.random_flow import build_random_flux, build_random_sd3
+    from sdserve.engine.random_unet import build_random_sd2, build_random_sdxl
+
+    builders: dict[FamilyName, Callable[[Path, int], None]] = {
+        "sd1": build_random_pipeline,
+        "sd2": build_random_sd2,
+        "sdxl": build_random_sdxl,
+        "sd3": build_random_sd3,
+        "flux-dev": build_random_flux,
+        "flux-schnell": functools.partial(build_random_flux, guidance_distilled=False),
+    }
+    builders[family](path, seed)

@@ -10,6 +10,7 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from sdserve.families import FamilyName
 from sdserve.jobs.models import GenerationRequest
 
 SIZE = 128
@@ -127,3 +128,19 @@ def save_as_kohya(lora: Path, path: Path) -> None:
         # alpha = rank: a scale of 1, as diffusers' layout (which has no alphas) implies.
         kohya[f"{name}.alpha"] = torch.tensor(float(min(value.shape)))
     save_file(kohya, path)
+
+
+def save_family_lora(family: FamilyName, model: Path, folder: Path, name: str) -> Path:
+    """A random LoRA for the tiny model of `family` at `model`, as `name`.safetensors."""
+    from .loras_flow import save_random_flux_lora, save_random_sd3_lora
+    from .loras_unet import save_random_sdxl_lora
+
+    savers = {
+        "sd1": save_random_lora,
+        "sd2": save_random_lora,
+        "sdxl": save_random_sdxl_lora,
+        "sd3": save_random_sd3_lora,
+        "flux-dev": save_random_flux_lora,
+        "flux-schnell": save_random_flux_lora,
+    }
+    return savers[family](model, folder, name)
