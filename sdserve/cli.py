@@ -125,6 +125,7 @@ def serve(
     ] = None,
 ) -> None:
     """Start the HTTP API and its worker processes."""
+    from sdserve.detect import UnservedModel
     from sdserve.server import UnsafeBinding
     from sdserve.server import serve as run_server
 
@@ -149,7 +150,7 @@ def serve(
     )
     try:
         run_server(settings)
-    except UnsafeBinding as exc:
+    except (UnsafeBinding, UnservedModel) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -170,6 +171,7 @@ def worker(
     SIGTERM or Ctrl-C lets the running job finish, then exits; a second one exits at once
     (the job then goes back to its queue at the API nodes' next sweep).
     """
+    from sdserve.detect import UnservedModel
     from sdserve.worker.process import UnknownQueue, worker_main
 
     settings = _settings(
@@ -192,6 +194,9 @@ def worker(
         worker_main(settings, worker_id, wake=None, events=None, parent_pid=None, stop=stop)
     except UnknownQueue as exc:
         raise typer.BadParameter(str(exc), param_hint="--queue") from None
+    except UnservedModel as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _drain_then_exit(stop: threading.Event) -> Callable[[int, FrameType | None], None]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR, DEMO_SIZE, DEMO_STEPS, NATIVE_SIZE
-from sdserve.detect import detect_model
+from sdserve.detect import UnservedModel, detect_model
 from sdserve.families import FAMILIES, Family, FamilyName
 from sdserve.jobs.models import Scheduler, SchedulerName
 
@@ -183,7 +183,13 @@ def load_registry(models_file: Path | None, model_flags: list[str]) -> ModelRegi
         with models_file.open("rb") as f:
             table = tomllib.load(f).get("models", {})
         for name, entry in table.items():
-            specs[name] = ModelSpec(name=name, **entry)
+            try:
+                specs[name] = ModelSpec(name=name, **entry)
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+                )
+                raise UnservedModel(f"{models_file}: model {name}: {problems}") from None
     for flag in model_flags:
         name, source = _parse_model_flag(flag)
         specs[name] = ModelSpec(name=name, source=source)
