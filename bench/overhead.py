@@ -16,14 +16,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
 
 def start_server(
-    data_dir: Path, port: int, model: str | None, nsfw_check: bool
+    data_dir: Path,
+    port: int,
+    models: Sequence[str],
+    nsfw_check: bool,
+    endpoint: str = "default",
+    options: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
+    """Start `sdserve serve` with a `--model` per item of `models` (and `options`); return
+    once `endpoint`'s health counts a worker. Its output goes to `data_dir`/server.log."""
     cmd = [
         sys.executable,
         "-m",
@@ -33,24 +41,30 @@ def start_server(
         str(port),
         "--data-dir",
         str(data_dir),
+        *options,
     ]
-    if model:
+    for model in models:
         cmd += ["--model", model]
     # The raw call runs no safety check; by default neither does the server, so both do the
     # same work. --nsfw-check measures the served path with it.
     env = {**os.environ, "SDSERVE_NSFW_CHECK": "true" if nsfw_check else "false"}
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 180
-    while time.time() < deadline:
+    while time.time() < deadline and process.poll() is None:
         try:
-            workers = httpx.get(f"http://127.0.0.1:{port}/v2/default/health").json()["workers"]
+            health = httpx.get(f"http://127.0.0.1:{port}/v2/{endpoint}/health").json()
+            workers = health["workers"]
             if workers["idle"] + workers["running"]:
                 return process
         except (httpx.HTTPError, KeyError):
             pass
         time.sleep(0.5)
     process.kill()
-    raise SystemExit("server did not start")
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise SystemExit(f"server did not start; the end of its log ({log}):\n{tail}")
 
 
 def main() -> None:
@@ -80,7 +94,7 @@ def main() -> None:
 
         model_dir = str(data_dir / "tiny-random")
         build_random_pipeline(Path(model_dir), seed=0)
-    server = start_server(data_dir, args.port, model_dir, args.nsfw_check)
+    server = start_server(data_dir, args.port, [model_dir], args.nsfw_check)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
         pipe.set_progress_bar_config(disable=True)
