@@ -128,7 +128,7 @@ class Architecture:
     pipeline: type
     models: dict[str, tuple[type, Config]]
     tokenizers: dict[str, str]
-    """Component name: `clip`, `clip-xl` (pads with `!`, as SDXL's second) or `t5`."""
+    """Component name: `clip`, `clip-g` (pads with `!`, as bigG's tokenizers) or `t5`."""
     scheduler: tuple[type, Config]
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -158,7 +158,7 @@ ARCHITECTURES: dict[FamilyName, Architecture] = {
         {"unet": (UNet2DConditionModel, SDXL_UNET), "vae": (AutoencoderKL, SDXL_VAE),
          "text_encoder": (CLIPTextModel, CLIP_L),
          "text_encoder_2": (CLIPTextModelWithProjection, CLIP_G)},
-        {"tokenizer": "clip", "tokenizer_2": "clip-xl"},
+        {"tokenizer": "clip", "tokenizer_2": "clip-g"},
         (EulerDiscreteScheduler, SDXL_SCHEDULER),
         # A watermark would make the run depend on whether its package is installed.
         {"force_zeros_for_empty_prompt": True, "add_watermarker": False},
@@ -169,7 +169,7 @@ ARCHITECTURES: dict[FamilyName, Architecture] = {
          "text_encoder": (CLIPTextModelWithProjection, CLIP_L),
          "text_encoder_2": (CLIPTextModelWithProjection, CLIP_G),
          "text_encoder_3": (T5EncoderModel, T5_XXL)},
-        {"tokenizer": "clip", "tokenizer_2": "clip", "tokenizer_3": "t5"},
+        {"tokenizer": "clip", "tokenizer_2": "clip-g", "tokenizer_3": "t5"},
         (FlowMatchEulerDiscreteScheduler, SD3_SCHEDULER),
         _NO_IMAGE_ENCODER,
     ),
@@ -197,23 +197,30 @@ def build_full_family(
     path: Path, family: FamilyName, device: str, dtype: torch.dtype, seed: int = 0
 ) -> None:
     """Save a random-weight pipeline of `family`'s real architecture at `path`, in `dtype`."""
-    architecture = ARCHITECTURES[family]
     with tempfile.TemporaryDirectory(prefix="sdserve-tokenizer-") as scratch:
-        clip = _write_tokenizer_files(Path(scratch))
-        components: dict[str, Any] = {
-            name: _tokenizer(kind, clip) for name, kind in architecture.tokenizers.items()
-        }
         torch.manual_seed(seed)
-        # Initialised where they will run: a 12 B-parameter transformer initialises in seconds
-        # on a GPU, in minutes on a CPU.
-        with torch.device(device):
-            for name, (model_class, config) in architecture.models.items():
-                components[name] = make_model(model_class, config).to(dtype)
-        scheduler_class, scheduler_config = architecture.scheduler
-        pipe = architecture.pipeline(
-            **components, scheduler=scheduler_class(**scheduler_config), **architecture.options
-        )
+        pipe = assemble(family, device, dtype, Path(scratch))
         pipe.save_pretrained(path, safe_serialization=True)
+
+
+def assemble(family: FamilyName, device: str, dtype: torch.dtype, scratch: Path) -> Any:
+    """A random-weight pipeline of `family`'s real architecture on `device`; its CLIP
+    tokenizer's files are written to `scratch`, which must outlive the pipeline's saving."""
+    architecture = ARCHITECTURES[family]
+    clip = _write_tokenizer_files(scratch)
+    components: dict[str, Any] = {
+        name: _tokenizer(kind, clip) for name, kind in architecture.tokenizers.items()
+    }
+    # Initialised where they will run: a 12 B-parameter transformer initialises in seconds on a
+    # GPU, in minutes on a CPU.
+    with torch.device(device):
+        for name, (model_class, config) in architecture.models.items():
+            # nn.Module's own cast: diffusers' override warns of modules to keep in float32
+            # even when it finds none. Loading casts again anyway, as the server asks.
+            components[name] = torch.nn.Module.to(make_model(model_class, config), dtype)
+    scheduler_class, scheduler_config = architecture.scheduler
+    scheduler = scheduler_class(**scheduler_config)
+    return architecture.pipeline(**components, scheduler=scheduler, **architecture.options)
 
 
 def make_model(model_class: type, config: Config) -> torch.nn.Module:
@@ -228,7 +235,7 @@ def make_model(model_class: type, config: Config) -> torch.nn.Module:
 def _tokenizer(kind: str, clip: Any) -> Any:
     if kind == "t5":
         return _t5_tokenizer()
-    if kind == "clip-xl":
+    if kind == "clip-g":
         padded = copy.deepcopy(clip)
         padded.pad_token = "!"
         return padded

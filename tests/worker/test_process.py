@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdserve.engine.pipelines import PipelineCache
+from sdserve.engine.cache import PipelineCache
 from sdserve.jobs.models import GenerationRequest, Job, JobStatus
 from sdserve.jobs.sqlite_store import SqliteJobStore
 from sdserve.registry import load_registry
