@@ -9,8 +9,8 @@ image of each and their ratio runsync/raw, as it goes and as a final table.
 `--full-size` (for GPUs) builds random-weight pipelines of the real architectures instead
 (bench/full_configs.py: SD 1.5, SD 2.1 768-v, SDXL base, SD3 medium, FLUX.1 dev and schnell),
 in the server's dtype, each at its family's default size and steps. Together they would take
-~95 GB of disk, so each is built, served by a server of its own, measured and deleted before
-the next. Models are built under the temporary folder (TMPDIR).
+~95 GB of disk in half precision, so each is built, served by a server of its own, measured
+and deleted before the next. Models are built under the temporary folder (TMPDIR).
 
     python bench/families.py [--families sd1,sdxl] [--size 128] [--steps 8] [--rounds 5]
     python bench/families.py --full-size [--rounds 3]
@@ -41,8 +41,8 @@ SEED = 42
 TINY_SIZE, TINY_STEPS, TINY_ROUNDS = 128, 8, 5
 FULL_ROUNDS = 3
 FULL_ROUNDS_BY_FAMILY: dict[FamilyName, int] = {"flux-dev": 2}
-"""FLUX.1 dev at 1024x1024 and 28 steps takes ~6 s an image on an H200: two rounds keep the
-whole --full-size run under 8 minutes there."""
+"""FLUX.1 dev at 1024x1024 and 28 steps should take ~6 s an image on an H200 (an estimate, not
+yet measured): two rounds are meant to keep the whole --full-size run under 8 minutes there."""
 
 say = functools.partial(print, flush=True)
 
@@ -72,7 +72,7 @@ class Result:
 
 
 def main() -> None:
-    args = _parse_args()
+    args, plans = _parse_args()
     import diffusers
     import torch
     import transformers
@@ -88,7 +88,6 @@ def main() -> None:
     # then compute alike. Only CPU workers use it.
     torch.set_num_threads(args.threads)
     pause = args.pause if args.pause is not None else (1.0 if device == "cpu" else 0.0)
-    plans = [_plan(family, args) for family in args.families]
     kind = "full-size random-weight" if args.full_size else "tiny random"
     say(f"{kind} models on {device}, {args.threads} torch threads, server without NSFW check")
     # One server for all tiny models; full-size ones do not fit the disk together.
@@ -99,7 +98,7 @@ def main() -> None:
     _print_table(results)
 
 
-def _parse_args() -> argparse.Namespace:
+def _parse_args() -> tuple[argparse.Namespace, list[Plan]]:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,14 +109,17 @@ def _parse_args() -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(FAMILIES)} (default: all)",
     )
     parser.add_argument(
-        "--full-size", action="store_true", help="the real architectures, for GPUs (see above)"
+        "--full-size",
+        action="store_true",
+        help="random weights in the real architectures (for GPUs)",
     )
     parser.add_argument("--size", type=int, help=f"default {TINY_SIZE}; full-size: the family's")
     parser.add_argument("--steps", type=int, help=f"default {TINY_STEPS}; full-size: the family's")
     parser.add_argument(
         "--rounds",
         type=int,
-        help=f"default {TINY_ROUNDS}; full-size: {FULL_ROUNDS} (FLUX.1 dev: 2)",
+        help=f"default {TINY_ROUNDS}; full-size: {FULL_ROUNDS}, "
+        + ", ".join(f"{family}: {n}" for family, n in FULL_ROUNDS_BY_FAMILY.items()),
     )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
@@ -130,13 +132,14 @@ def _parse_args() -> argparse.Namespace:
         help="torch CPU threads of the raw call and of the server's worker (default: torch's)",
     )
     args = parser.parse_args()
-    for family in args.families:
-        size = args.size or (FAMILIES[family].size if args.full_size else TINY_SIZE)
+    plans = [_plan(family, args) for family in args.families]
+    for plan in plans:
+        spec = ModelSpec(name=plan.family, source="bench", family=plan.family)
         try:
-            check_size("--size", size, ModelSpec(name=family, source="bench", family=family))
+            check_size("--size", plan.size, spec)
         except InvalidInput as error:
             parser.error(str(error))
-    return args
+    return args, plans
 
 
 def _family_list(text: str) -> list[FamilyName]:

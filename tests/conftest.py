@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_random_pipeline(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def broken_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's configs without its weights: it passes the start-up inspection and its
+    jobs fail when the worker loads it (a disk that lost files, a copy cut short)."""
+    path = tmp_path_factory.mktemp("broken") / "model"
+    shutil.copytree(tiny_model, path, ignore=shutil.ignore_patterns("*.safetensors"))
     return path
 
 

@@ -108,10 +108,10 @@ def test_same_request_through_runpod_gives_the_same_pixels(di: httpx.Client) -> 
     assert np.array_equal(deepinfra, image_from_output(di, r.json()["output"][0]["image"]))
 
 
-def test_defaults_give_a_768_square(di: httpx.Client) -> None:
+def test_defaults_give_the_models_size(di: httpx.Client) -> None:
     r = di.post(MODEL, json={"prompt": "a red circle", "num_inference_steps": 1})
     assert r.status_code == 200, r.text
-    assert pixels(r.json()["images"][0]).shape == (768, 768, 3)
+    assert pixels(r.json()["images"][0]).shape == (512, 512, 3)  # SD 1.x's, as its config says
 
 
 def test_multipart_fields_with_an_uploaded_image(di: httpx.Client) -> None:
@@ -256,13 +256,15 @@ def test_missing_or_wrong_key_is_a_401(server: ServerProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def priced(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
+def priced(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, broken_model: Path
+) -> Iterator[ServerProcess]:
     """A server whose default model has a price, and a model whose weights are missing."""
     folder = tmp_path_factory.mktemp("priced")
     models = folder / "models.toml"
     models.write_text(
         f'[models.default]\nsource = "{tiny_model}"\nprice = {PRICE}\n\n'
-        f'[models.broken]\nsource = "{folder / "missing"}"\n'
+        f'[models.broken]\nsource = "{broken_model}"\n'
     )
     env = {"SDSERVE_API_KEYS": API_KEY}
     with running_server(folder / "data", ["--models-file", str(models)], env) as srv:

@@ -15,9 +15,10 @@ from PIL import Image
 from sd_parsers import ParserManager
 
 from sdserve.families import FamilyName
-from tests.conftest import FamilyModels
+from tests.conftest import FamilyModels, shared_env
 from tests.engine.helpers import save_family_lora
 from tests.helpers import ServerProcess, decode_png, png_data_uri, running_server
+from tests.pg import fresh_database
 
 FAMILIES: list[FamilyName] = [f for f in get_args(FamilyName) if f != "sd1"]
 """SD 1.x runs through every dialect's own tests (tests/api/test_runpod.py and the others)."""
@@ -267,3 +268,25 @@ def test_the_models_weights_stay_loaded_between_families(server: ServerProcess) 
     # Six tiny models fit the default budget (the machine's memory): none is reloaded.
     assert "loaded LoRA ink-sdxl" in server.log()
     assert "unloading model" not in server.log()
+
+
+def test_shared_mode_serves_the_families_with_the_same_pixels(
+    client: httpx.Client,
+    family_models: FamilyModels,
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_endpoint: str,
+) -> None:
+    families: list[FamilyName] = ["sdxl", "flux-schnell"]
+    args = [arg for f in families for arg in ("--model", f"{f}={family_models(f)}")]
+    embedded = {f: images(client, runsync(client, f, seed=21))[0] for f in families}
+
+    with fresh_database() as database:
+        env = shared_env(database, s3_endpoint, "sdserve-families")
+        data_dir = tmp_path_factory.mktemp("shared")
+        with (
+            running_server(data_dir, args, env) as shared,
+            httpx.Client(base_url=shared.url, timeout=180) as other,
+        ):
+            for family in families:
+                [image] = images(other, runsync(other, family, seed=21))
+                assert np.array_equal(image, embedded[family]), family

@@ -164,10 +164,10 @@ def test_open_server_refuses_non_loopback_address(tmp_path: Path) -> None:
 
 
 def test_open_loopback_server_base64_output_and_broken_model(
-    tmp_path: Path, tiny_model: Path
+    tmp_path: Path, tiny_model: Path, broken_model: Path
 ) -> None:
     args = ["--model", str(tiny_model), "--output-format", "base64"]
-    args += ["--model", f"broken={tmp_path / 'no-such-model'}"]
+    args += ["--model", f"broken={broken_model}"]
     with running_server(tmp_path / "data", args, {"SDSERVE_MAX_QUEUE": "1"}) as server:
         body = httpx.post(
             f"{server.url}/v2/default/runsync", json={"input": FAST}, timeout=60

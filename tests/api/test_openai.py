@@ -26,11 +26,12 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, broken_model: Path
+) -> Iterator[ServerProcess]:
     """The tiny model as `default`, and a `broken` model whose weights do not exist."""
     data_dir = tmp_path_factory.mktemp("data")
-    missing = data_dir.parent / "no-such-model"
-    args = ["--model", str(tiny_model), "--model", f"broken={missing}"]
+    args = ["--model", str(tiny_model), "--model", f"broken={broken_model}"]
     with running_server(data_dir, args, {"SDSERVE_API_KEYS": API_KEY}) as srv:
         yield srv
 
