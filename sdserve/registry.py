@@ -9,7 +9,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR, DEMO_SIZE, DEMO_STEPS, NATIVE_SIZE
+from sdserve.demo import (
+    DEMO_GUIDANCE,
+    DEMO_GUIDANCE_CUTOFF,
+    DEMO_MODEL_DIR,
+    DEMO_SIZE,
+    DEMO_STEPS,
+    NATIVE_SIZE,
+)
 from sdserve.detect import UnservedModel, detect_model
 from sdserve.families import FAMILIES, Family, FamilyName
 from sdserve.jobs.models import Scheduler, SchedulerName
@@ -65,6 +72,9 @@ class ModelSpec(BaseModel):
     """Widths and heights must be multiples of this (default: 8, or 16 for SD3 and FLUX)."""
     max_size: int | None = Field(default=None, ge=128, le=4096)
     """Largest width or height accepted, in pixels (default: its family's)."""
+    guidance_cutoff: float | None = Field(default=None, gt=0, le=1)
+    """SD 1.x/2.x: stop classifier-free guidance after this fraction of the steps (diffusers'
+    SDCFGCutoffCallback); strong guidance then shapes the image without breaking its colours."""
     guidance_rescale: float = Field(default=0.0, ge=0, le=1)
     """diffusers' guidance rescale (0: off), which keeps strong guidance from overexposing."""
     dtype: Dtype = "auto"
@@ -200,6 +210,7 @@ def load_registry(models_file: Path | None, model_flags: list[str]) -> ModelRegi
             native_size=NATIVE_SIZE,
             guidance_scale=DEMO_GUIDANCE,
             size=DEMO_SIZE,
+            guidance_cutoff=DEMO_GUIDANCE_CUTOFF,
             steps=DEMO_STEPS,
             builtin=True,
         )

@@ -2,15 +2,15 @@
 
 Draws fresh scenes (shape, colours, size, position, seed: none taken from training's stream),
 generates each one's caption through the same registry, pipelines and engine as the server, and
-reads every image back with `score.read`. Four runs: at the model's default guidance, without
-guidance (1.0), at the hosted APIs' usual 7.5, and at the default with the scene's own shape
-("a red star") as the negative prompt.
+reads every image back with `score.read`. Five runs: at the model's default guidance, without
+guidance (1.0), at the hosted APIs' usual 7.5 (with the model's guidance cutoff, and without it),
+and at the default with the scene's own shape ("a red star") as the negative prompt.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -97,6 +97,8 @@ def main(
     print(score(pipes, scenes, guidance, steps, size).line(f"guidance {guidance} (its default)"))
     print(score(pipes, scenes, 1.0, steps, size).line("guidance 1.0 (none)"))
     print(score(pipes, scenes, 7.5, steps, size).line("guidance 7.5"))
+    uncut = replace(pipes, spec=pipes.spec.model_copy(update={"guidance_cutoff": None}))
+    print(score(uncut, scenes, 7.5, steps, size).line("guidance 7.5, no cutoff"))
     negative = score(pipes, scenes, guidance, steps, size, negative_prompt=True)
     print(negative.line(f"guidance {guidance}, negative prompt"))
 

@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 import torch
 from PIL import Image
 
+from sdserve.engine.guidance import guidance_cutoff
 from sdserve.engine.pipelines import PipelineSet
 from sdserve.engine.prompts import weighted_embeddings
 from sdserve.engine.safety import blanked, is_nsfw
@@ -151,6 +152,10 @@ def _generate_one(
     }
     width, height = working_size(pipes, request.width, request.height)
     arguments |= {"width": width, "height": height}
+    cutoff = pipes.spec.guidance_cutoff
+    if cutoff is not None and pipes.family.name in ("sd1", "sd2"):
+        progress.cutoff = guidance_cutoff(cutoff, inpaint=mode == "inpaint")
+        arguments["callback_on_step_end_tensor_inputs"] = progress.cutoff.tensor_inputs
     if pipes.spec.guidance_rescale:
         arguments["guidance_rescale"] = pipes.spec.guidance_rescale
     if init is not None:
@@ -224,10 +229,14 @@ class _Progress:
         self._on_step = on_step
         self._images = images
         self._done = 0
+        self.cutoff: Callable[..., dict[str, object]] | None = None
+        """The model's guidance cutoff, run at each step before progress is counted."""
 
     def __call__(
         self, pipe: _StepCounting, step: int, timestep: object, tensors: dict[str, object]
     ) -> dict[str, object]:
+        if self.cutoff is not None:
+            tensors = self.cutoff(pipe, step, timestep, tensors)
         self._done += 1
         # num_timesteps is what diffusers really runs (second-order samplers take about twice
         # the steps, img2img only strength * steps); every image runs the same schedule.

@@ -274,7 +274,7 @@ INIT = png_data_uri(Image.new("RGB", (128, 128)))
         ({"init_image": "not base64!!"}, "init_image", "data URI or base64"),
         ({"mask_image": INIT}, "mask_image", "needs init_image"),
         ({"scheduler": "IPNDMScheduler", "init_image": INIT}, "scheduler", "cannot start from"),
-        ({"model_id": "sdxl"}, "model_id", "available: default, stabilityai/"),
+        ({"model_id": "sdxl"}, "model_id", "names and aliases: default, stabilityai/"),
     ],
 )
 def test_bad_fields_are_errors_naming_the_field(

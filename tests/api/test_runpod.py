@@ -281,7 +281,8 @@ def test_purge_queue_removes_only_callers_queued_jobs(
 def test_health_shape(client: httpx.Client) -> None:
     runsync(client)
     body = client.get("/v2/default/health").json()
-    assert set(body) == {"jobs", "workers"}
+    assert set(body) == {"jobs", "workers", "model"}  # model: sdserve's addition
+    assert body["model"]["name"] == "default" and body["model"]["family"] == "sd1"
     assert set(body["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}
     assert body["jobs"]["completed"] >= 1
     assert set(body["workers"]) == {"idle", "running"}

@@ -136,3 +136,26 @@ def test_the_estimate_read_from_the_files_matches_the_loaded_weights(tiny_model:
     assert estimated_bytes(spec, torch.float32, "cpu") == pytest.approx(
         _bytes_of(tiny_model), rel=0.001
     )
+
+
+def test_dtype_and_vae_tiling_come_from_the_models_settings(tiny_model: Path) -> None:
+    spec = ModelSpec(name="t", source=str(tiny_model), dtype="bfloat16", vae_tiling=True)
+
+    loaded = load_pipelines(spec, "cpu")
+
+    assert loaded.txt2img.unet.dtype == torch.bfloat16
+    assert loaded.txt2img.vae.use_tiling
+    assert loaded.weights_bytes == pytest.approx(_bytes_of(tiny_model) / 2, rel=0.01)
+    [result] = generate(loaded, make_request(), lambda done, total: None)
+    assert result.image.size == (128, 128)
+
+
+def test_offload_on_a_cpu_worker_is_ignored_with_a_warning(
+    tiny_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = ModelSpec(name="t", source=str(tiny_model), offload="model")
+
+    loaded = load_pipelines(spec, "cpu")
+
+    assert loaded.device == "cpu" and loaded.weights_bytes > 0
+    assert "offload=model is for CUDA devices; ignored on cpu" in caplog.text
