@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,10 @@ from sdserve.families import FamilyName
 from tests.helpers import ServerProcess, running_server
 from tests.pg import fresh_database
 from tests.s3server import moto_s3_server, s3_env
+
+# The tests never download: a hub id is looked up in the local cache only (the servers they
+# start inherit this), so a lookup that cannot succeed fails at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"

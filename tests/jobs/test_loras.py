@@ -43,7 +43,7 @@ def _build(**fields: object) -> GenerationRequest:
     )  # fmt: skip
     return asyncio.run(
         build_request(
-            ModelSpec(name="default", source="/nowhere"),
+            ModelSpec(name="default", source="/nowhere", family="sd1"),
             prompt="p",
             negative_prompt="",
             width=512,
