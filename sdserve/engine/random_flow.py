@@ -8,9 +8,6 @@ FlowMatchEuler scheduler) is here, so loading, LoRAs and img2img take the real c
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,7 +17,6 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
     StableDiffusion3Pipeline,
 )
@@ -42,7 +38,7 @@ from transformers import (
 )
 
 from sdserve.demo.architecture import BOS, EOS
-from sdserve.engine.random_model import _write_tokenizer_files
+from sdserve.engine.random_model import save_random_pipeline
 
 _LATENT_CHANNELS = 16
 _CLIP_WIDTH = 32
@@ -57,32 +53,13 @@ _WORD_START = "\u2581"
 
 def build_random_sd3(path: Path, seed: int = 0) -> None:
     """Create a tiny random SD3 pipeline in diffusers format at `path`, atomically."""
-    _save_atomically(path, seed, _random_sd3)
+    save_random_pipeline(path, seed, _random_sd3)
 
 
 def build_random_flux(path: Path, seed: int = 0, *, guidance_distilled: bool = True) -> None:
     """Create a tiny random FLUX.1 pipeline at `path`, atomically: dev-like when
     `guidance_distilled` (guidance is an input of the transformer), else schnell-like."""
-    _save_atomically(path, seed, lambda clip: _random_flux(clip, guidance_distilled))
-
-
-def _save_atomically(
-    path: Path, seed: int, make: Callable[[CLIPTokenizer], DiffusionPipeline]
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Built next to `path` so that the final rename stays on one filesystem and is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        clip_tokenizer = _write_tokenizer_files(staging)
-        # fork_rng: seeding here must not change the random numbers the caller sees afterwards.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pipe = make(clip_tokenizer)
-        model_dir = staging / "model"
-        pipe.save_pretrained(model_dir, safe_serialization=True)
-        model_dir.rename(path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_random_pipeline(path, seed, lambda clip: _random_flux(clip, guidance_distilled))
 
 
 def _random_sd3(clip_tokenizer: CLIPTokenizer) -> StableDiffusion3Pipeline:

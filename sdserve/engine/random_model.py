@@ -15,6 +15,7 @@ import torch
 # Imported from their modules: mypy reads diffusers' root lazy-import stubs as dummy classes.
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
 )
@@ -89,6 +90,14 @@ def _calibrate_vae(vae: AutoencoderKL) -> None:
 
 def build_random_pipeline(path: Path, seed: int = 0) -> None:
     """Create a tiny random SD pipeline in diffusers format at `path`, atomically."""
+    save_random_pipeline(path, seed, _random_pipeline)
+
+
+def save_random_pipeline(
+    path: Path, seed: int, make: Callable[[CLIPTokenizer], DiffusionPipeline]
+) -> None:
+    """Save the pipeline `make` builds (given the local CLIP tokenizer) at `path`, atomically;
+    its random weights depend on `seed` alone."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Built next to `path` so that the final rename stays on one filesystem and is atomic.
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -97,7 +106,7 @@ def build_random_pipeline(path: Path, seed: int = 0) -> None:
         # fork_rng: seeding here must not change the random numbers the caller sees afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            pipe = _random_pipeline(tokenizer)
+            pipe = make(tokenizer)
         model_dir = staging / "model"
         pipe.save_pretrained(model_dir, safe_serialization=True)
         model_dir.rename(path)

@@ -8,16 +8,10 @@ size) and shrinks everything else to SD 1.x tiny's scale.
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 # Imported from their modules: mypy reads diffusers' root lazy-import stubs as dummy classes.
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
     StableDiffusionPipeline,
 )
@@ -29,7 +23,7 @@ from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedule
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdserve.demo.architecture import BOS, EOS
-from sdserve.engine.random_model import _vae, _write_tokenizer_files
+from sdserve.engine.random_model import _vae, save_random_pipeline
 
 _LATENT_CHANNELS = 4
 _SD2_TEXT_WIDTH = 64
@@ -46,32 +40,15 @@ _TIME_IDS = 6  # SDXL's size conditioning: original height, width, crop top, lef
 
 def build_random_sd2(path: Path, seed: int = 0) -> None:
     """Create a tiny random SD 2.x 768-v pipeline in diffusers format at `path`, atomically."""
-    _build(path, seed, _sd2_pipeline)
+    save_random_pipeline(path, seed, _sd2_pipeline)
 
 
 def build_random_sdxl(path: Path, seed: int = 0) -> None:
     """Create a tiny random SDXL base pipeline in diffusers format at `path`, atomically."""
-    _build(path, seed, _sdxl_pipeline)
+    save_random_pipeline(path, seed, _sdxl_pipeline)
 
 
-def _build(path: Path, seed: int, assemble: Callable[[Path], DiffusionPipeline]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Built next to `path` so that the final rename stays on one filesystem and is atomic.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        # fork_rng: seeding here must not change the random numbers the caller sees afterwards.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pipe = assemble(staging)
-        model_dir = staging / "model"
-        pipe.save_pretrained(model_dir, safe_serialization=True)
-        model_dir.rename(path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _sd2_pipeline(staging: Path) -> StableDiffusionPipeline:
-    tokenizer = _write_tokenizer_files(staging)
+def _sd2_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
     # OpenCLIP ViT-H, SD 2.x's text encoder, uses exact GELU where OpenAI's CLIP uses quick GELU.
     encoder = CLIPTextModel(_text_config(tokenizer, _SD2_TEXT_WIDTH, layers=2, hidden_act="gelu"))
     # SD 2.1's own scheduler config: DDIM, predicting v (the velocity), not the noise.
@@ -99,8 +76,7 @@ def _sd2_pipeline(staging: Path) -> StableDiffusionPipeline:
     )
 
 
-def _sdxl_pipeline(staging: Path) -> StableDiffusionXLPipeline:
-    tokenizer = _write_tokenizer_files(staging)
+def _sdxl_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionXLPipeline:
     # SDXL's second tokenizer pads with "!" where the first pads with the end token.
     tokenizer_2 = copy.deepcopy(tokenizer)
     tokenizer_2.pad_token = "!"
