@@ -7,6 +7,7 @@ from typing import get_args
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sdserve.engine.generate import EngineOptions, generate
@@ -153,3 +154,17 @@ def test_compel_weights_the_prompt_where_the_family_allows(pipes: PipelineSet) -
 
     assert mean_difference(weighted, plain) > 1.0
     assert mean_difference(unweighted, plain) < 0.5
+
+
+def test_sdxl_in_half_precision_decodes_through_its_upcast_vae(
+    family_models: FamilyModels,
+) -> None:
+    # SDXL's VAE overflows in float16; diffusers decodes in float32 when the VAE's config says
+    # force_upcast, and sdserve keeps that config: the image is neither black nor NaN.
+    spec = ModelSpec(name="half", source=str(family_models("sdxl")), dtype="float16")
+    half = load_pipelines(spec, "cpu")
+    assert half.txt2img.unet.dtype == torch.float16 and half.txt2img.vae.config.force_upcast
+
+    image = _image(half, _request(half))
+
+    assert not np.isnan(pixels(image)).any() and pixels(image).std() > 1.0
