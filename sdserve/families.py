@@ -45,6 +45,8 @@ class Family:
     """compel can weight its prompts (CLIP text encoders only; not T5)."""
     guidance: bool = True
     """guidance_scale changes its images (FLUX.1 schnell takes none)."""
+    guidance_cutoff: bool = False
+    """A model's `guidance_cutoff` applies (diffusers' SDCFGCutoffCallback is SD 1.x/2.x's)."""
 
 
 _UNET_SCHEDULERS = SCHEDULER_NAMES
@@ -64,6 +66,7 @@ FAMILIES: dict[FamilyName, Family] = {
             max_size=768,
             negative_prompt=True,
             compel=True,
+            guidance_cutoff=True,
         ),
         Family(
             name="sd2",
@@ -77,6 +80,7 @@ FAMILIES: dict[FamilyName, Family] = {
             max_size=1024,
             negative_prompt=True,
             compel=True,
+            guidance_cutoff=True,
         ),
         Family(
             name="sdxl",

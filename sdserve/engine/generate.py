@@ -153,7 +153,7 @@ def _generate_one(
     width, height = working_size(pipes, request.width, request.height)
     arguments |= {"width": width, "height": height}
     cutoff = pipes.spec.guidance_cutoff
-    if cutoff is not None and pipes.family.name in ("sd1", "sd2"):
+    if cutoff is not None and pipes.family.guidance_cutoff:
         progress.cutoff = guidance_cutoff(cutoff, inpaint=mode == "inpaint")
         arguments["callback_on_step_end_tensor_inputs"] = progress.cutoff.tensor_inputs
     if pipes.spec.guidance_rescale:

@@ -37,6 +37,13 @@ def estimated_bytes(spec: ModelSpec, dtype: torch.dtype, device: str) -> int:
         sum(math.prod(shape) for shape in safetensors_shapes(file).values()) * element
         for file in _component_files(spec)
     ]
+    return resident_bytes(components, spec, device)
+
+
+def resident_bytes(components: list[int], spec: ModelSpec, device: str) -> int:
+    """Of components of these sizes, the bytes the device holds between requests: all of them,
+    or with model offload the largest (one is on the device at a time), or none with sequential
+    offload. Offload is for CUDA only; elsewhere everything stays."""
     if spec.offload == "none" or not device.startswith("cuda"):
         return sum(components)
     return max(components, default=0) if spec.offload == "model" else 0

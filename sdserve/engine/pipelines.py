@@ -31,7 +31,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from transformers import CLIPImageProcessor
 
 from sdserve.engine.loras import LoraAdapters
-from sdserve.engine.memory import ModelTooLarge, weights_bytes
+from sdserve.engine.memory import ModelTooLarge, resident_bytes, weights_bytes
 from sdserve.families import FLOW_FAMILIES, Family, FamilyName
 from sdserve.registry import ModelSpec
 
@@ -190,13 +190,9 @@ def _place(pipe: Any, spec: ModelSpec, device: str) -> None:
 
 
 def _resident_bytes(pipe: Any, spec: ModelSpec, device: str) -> int:
-    """Bytes of weights the device holds between requests: all of them, or with model offload
-    the largest component (one at a time is on the device), or none with sequential offload."""
     sizes = [
         weights_bytes(component)
         for component in pipe.components.values()
         if isinstance(component, torch.nn.Module)
     ]
-    if spec.offload == "none" or not device.startswith("cuda"):
-        return sum(sizes)
-    return max(sizes, default=0) if spec.offload == "model" else 0
+    return resident_bytes(sizes, spec, device)

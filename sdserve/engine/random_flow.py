@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 # Imported from their modules: mypy reads diffusers' root lazy-import stubs as dummy classes.
-from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
@@ -38,7 +35,7 @@ from transformers import (
 )
 
 from sdserve.demo.architecture import BOS, EOS
-from sdserve.engine.random_model import save_random_pipeline
+from sdserve.engine.random_model import save_random_pipeline, tiny_vae
 
 _LATENT_CHANNELS = 16
 _CLIP_WIDTH = 32
@@ -85,7 +82,7 @@ def _random_sd3(clip_tokenizer: CLIPTokenizer) -> StableDiffusion3Pipeline:
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=scheduler,
-        vae=_vae(),
+        vae=tiny_vae(_LATENT_CHANNELS, sample_size=1024, flow=True),
         text_encoder=CLIPTextModelWithProjection(clip_config),
         tokenizer=clip_tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(clip_config),
@@ -123,7 +120,7 @@ def _random_flux(clip_tokenizer: CLIPTokenizer, guidance_distilled: bool) -> Flu
     )
     return FluxPipeline(
         scheduler=scheduler,
-        vae=_vae(),
+        vae=tiny_vae(_LATENT_CHANNELS, sample_size=1024, flow=True),
         text_encoder=CLIPTextModel(_clip_config(clip_tokenizer)),
         tokenizer=clip_tokenizer,
         text_encoder_2=_t5_encoder(t5_tokenizer),
@@ -193,40 +190,3 @@ def _t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     return T5EncoderModel(config)
-
-
-def _vae() -> AutoencoderKL:
-    # Four blocks give a scale factor of 8, as on SD3 and FLUX; 16 latent channels and no quant
-    # convs, as theirs.
-    vae: AutoencoderKL = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=[8, 16, 32, 32],
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=_LATENT_CHANNELS,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=1024,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    _calibrate_vae(vae)
-    return vae
-
-
-def _calibrate_vae(vae: AutoencoderKL) -> None:
-    """Give the random VAE the traits of a trained one that img2img depends on (see
-    random_model._calibrate_vae), on the encoder's own output for want of a quant_conv."""
-    conv_out = vae.encoder.conv_out  # its output: latent means, then log-variances
-    assert conv_out.bias is not None  # nn.Conv2d's default
-    with torch.no_grad():
-        # Posterior std near 0, as a trained encoder's: else the init image drowns in noise.
-        conv_out.bias[_LATENT_CHANNELS:] = -20.0
-        probe = torch.rand(4, 3, 64, 64) * 2 - 1
-        latents = vae.encode(probe).latent_dist.mean
-    # SD3 and FLUX normalise latents as (latents - shift_factor) * scaling_factor; theirs were
-    # measured this way, so a given strength noises the init image as much as on a real model.
-    vae.register_to_config(  # type: ignore[no-untyped-call]
-        shift_factor=latents.mean().item(), scaling_factor=1 / latents.std().item()
-    )

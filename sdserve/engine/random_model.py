@@ -56,36 +56,40 @@ def _unet() -> UNet2DConditionModel:
     return unet
 
 
-def _vae() -> AutoencoderKL:
-    # Four blocks give a scale factor of 8, like real SD, so sizes and latents behave the same.
+def tiny_vae(latent_channels: int, *, sample_size: int, flow: bool = False) -> AutoencoderKL:
+    """A random VAE calibrated as a trained one: SD's (`flow` False, latents normalised by a
+    scale) or SD3's and FLUX's (no quant convs, latents shifted and scaled)."""
+    # Four blocks give a scale factor of 8, like the real ones, so sizes and latents behave the
+    # same.
     vae: AutoencoderKL = AutoencoderKL(
         block_out_channels=[8, 16, 32, 32],
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=_LATENT_CHANNELS,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         layers_per_block=1,
-        sample_size=256,
+        sample_size=sample_size,
+        use_quant_conv=not flow,
+        use_post_quant_conv=not flow,
     )
-    _calibrate_vae(vae)
-    return vae
-
-
-def _calibrate_vae(vae: AutoencoderKL) -> None:
-    """Give the random VAE the two traits of a trained one that img2img depends on."""
-    quant_conv = vae.quant_conv  # its output: latent means, then log-variances
-    assert quant_conv is not None and quant_conv.bias is not None  # AutoencoderKL's default
+    # The layer whose output is the posterior: latent means, then log-variances.
+    moments = vae.encoder.conv_out if flow else vae.quant_conv
+    assert moments is not None and moments.bias is not None  # nn.Conv2d's default
     with torch.no_grad():
         # A trained encoder is nearly certain of its latents (posterior std near 0); a random
         # one's std of about 1 would bury the init image under noise at any prompt_strength.
-        quant_conv.bias[_LATENT_CHANNELS:] = -20.0
-        # SD's scaling factor is 1 / the std of its latents; measured the same way here, a given
-        # prompt_strength noises the init image as much as on a real model.
+        moments.bias[latent_channels:] = -20.0
         probe = torch.rand(4, 3, 64, 64) * 2 - 1
-        latent_std = vae.encode(probe).latent_dist.mean.std().item()
-    vae.register_to_config(scaling_factor=1 / latent_std)  # type: ignore[no-untyped-call]
+        latents = vae.encode(probe).latent_dist.mean
+    # The real models' normalisation was measured this way (SD: 1 / the latents' std; SD3 and
+    # FLUX: their mean as well), so a given prompt_strength noises the init image as much.
+    normalisation = {"scaling_factor": 1 / latents.std().item()}
+    if flow:
+        normalisation["shift_factor"] = latents.mean().item()
+    vae.register_to_config(**normalisation)  # type: ignore[no-untyped-call]
+    return vae
 
 
 def build_random_pipeline(path: Path, seed: int = 0) -> None:
@@ -117,7 +121,7 @@ def save_random_pipeline(
 def _random_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
     # diffusers annotates `scheduler` as an enum and the optional parts as required.
     return StableDiffusionPipeline(
-        vae=_vae(),
+        vae=tiny_vae(_LATENT_CHANNELS, sample_size=256),
         text_encoder=text_encoder(tokenizer, layers=2, mlp_ratio=2),
         tokenizer=tokenizer,
         unet=_unet(),

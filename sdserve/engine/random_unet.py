@@ -23,7 +23,7 @@ from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedule
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdserve.demo.architecture import BOS, EOS
-from sdserve.engine.random_model import _vae, save_random_pipeline
+from sdserve.engine.random_model import save_random_pipeline, tiny_vae
 
 _LATENT_CHANNELS = 4
 _SD2_TEXT_WIDTH = 64
@@ -64,7 +64,7 @@ def _sd2_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
     )
     # diffusers annotates the optional parts as required.
     return StableDiffusionPipeline(
-        vae=_vae(),
+        vae=tiny_vae(_LATENT_CHANNELS, sample_size=256),
         text_encoder=encoder,
         tokenizer=tokenizer,
         # 96 latents: 768 pixels, the 768-v model's default size.
@@ -90,7 +90,7 @@ def _sdxl_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionXLPipeline:
             projection_dim=_CLIP_G_PROJECTION,
         )
     )
-    vae = _vae()
+    vae = tiny_vae(_LATENT_CHANNELS, sample_size=256)
     # SDXL's VAE overflows in float16; with this set the pipelines decode in float32.
     vae.register_to_config(force_upcast=True)  # type: ignore[no-untyped-call]
     unet = _unet(
