@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from sdserve.jobs.models import SCHEDULER_NAMES, SchedulerName
+from sdserve.canonical import SCHEDULER_NAMES, SchedulerName
 
 FamilyName = Literal["sd1", "sd2", "sdxl", "sd3", "flux-dev", "flux-schnell"]
 

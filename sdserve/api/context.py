@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from sdserve.api.auth import KeyChecker
-from sdserve.jobs.models import ImageResult, Job
+from sdserve.canonical import ImageResult
+from sdserve.jobs.models import Job
 from sdserve.jobs.requests import ImageFields
 from sdserve.jobs.service import JobService
 from sdserve.settings import Settings

@@ -21,8 +21,9 @@ from sdserve.api.deepinfra_protocol import (
 )
 from sdserve.api.dialect import Dialect
 from sdserve.api.limits import MB
+from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import EndpointNotFound, NotFound
-from sdserve.jobs.models import ImageResult, Job, JobPolicy, JobStatus
+from sdserve.jobs.models import Job, JobPolicy, JobStatus
 from sdserve.jobs.requests import build_request
 from sdserve.registry import ModelSpec
 

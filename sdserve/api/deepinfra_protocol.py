@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field
 
-from sdserve.jobs.models import MAX_SEED, ImageResult, Job, JobStatus, Prompt
+from sdserve.canonical import MAX_SEED, ImageResult, Prompt
+from sdserve.jobs.models import Job, JobStatus
 
 SIZES = (128, 256, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
 """The widths and heights DeepInfra accepts (the model's max_size still applies)."""

@@ -21,8 +21,9 @@ from sdserve.api.modelslab_protocol import (
     render_processing,
     render_success,
 )
+from sdserve.canonical import SchedulerName
 from sdserve.jobs.errors import EndpointNotFound, InvalidInput, JobNotFound
-from sdserve.jobs.models import Job, JobPolicy, JobStatus, SchedulerName
+from sdserve.jobs.models import Job, JobPolicy, JobStatus
 from sdserve.jobs.requests import ImageFields, build_request
 from sdserve.registry import DEFAULT_MODEL, ModelSpec, summary
 from sdserve.storage.base import image_key

@@ -17,8 +17,9 @@ from pydantic import (
 )
 
 from sdserve.api.errors import ApiError
+from sdserve.canonical import MAX_SEED, SCHEDULER_NAMES, Prompt, SchedulerName
 from sdserve.jobs.errors import InvalidInput
-from sdserve.jobs.models import MAX_SEED, SCHEDULER_NAMES, Job, Prompt, SchedulerName
+from sdserve.jobs.models import Job
 
 SCHEDULER_CLASSES: dict[SchedulerName, str] = {
     "DDIM": "DDIMScheduler",

@@ -20,8 +20,9 @@ from sdserve.api.openai_protocol import (
     render_images,
     render_model,
 )
+from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import JobError, NotFound
-from sdserve.jobs.models import ImageResult, Job, JobPolicy, JobStatus
+from sdserve.jobs.models import Job, JobPolicy, JobStatus
 from sdserve.jobs.requests import ImageFields, build_request
 from sdserve.registry import ModelSpec
 

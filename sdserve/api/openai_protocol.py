@@ -18,7 +18,8 @@ from pydantic import (
 )
 
 from sdserve.api.errors import ApiError
-from sdserve.jobs.models import MAX_SEED, ImageResult, Job, Prompt, Scheduler
+from sdserve.canonical import MAX_SEED, ImageResult, Prompt, Scheduler
+from sdserve.jobs.models import Job
 from sdserve.registry import DEFAULT_MODEL, ModelSpec, describe
 
 ResponseFormat = Literal["url", "b64_json"]

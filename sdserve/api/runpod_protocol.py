@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from sdserve.jobs.models import MAX_SEED, ImageResult, Job, Prompt, Scheduler
+from sdserve.canonical import MAX_SEED, ImageResult, Prompt, Scheduler
+from sdserve.jobs.models import Job
 
 
 class RunPodInput(BaseModel):

@@ -12,13 +12,13 @@ from typing import Any, Literal, Protocol
 import torch
 from PIL import Image
 
+from sdserve.canonical import GenerationRequest
 from sdserve.engine.guidance import guidance_cutoff
 from sdserve.engine.pipelines import PipelineSet
 from sdserve.engine.prompts import weighted_embeddings
 from sdserve.engine.safety import blanked, is_nsfw
 from sdserve.engine.schedulers import make_scheduler, supports_init_image
 from sdserve.jobs.loras import find_lora
-from sdserve.jobs.models import GenerationRequest
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 OnStep = Callable[[int, int], None]

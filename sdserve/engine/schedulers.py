@@ -27,8 +27,8 @@ from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from sdserve.canonical import SchedulerName
 from sdserve.families import FLOW_FAMILIES, FamilyName
-from sdserve.jobs.models import SchedulerName
 
 SCHEDULERS: dict[SchedulerName, type[SchedulerMixin]] = {
     "DDIM": DDIMScheduler,

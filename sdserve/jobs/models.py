@@ -1,60 +1,13 @@
-"""Canonical request and job types shared by every dialect, the store and the worker."""
+"""Job types shared by every dialect, the store and the worker; the request lives in canonical."""
 
 from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, JsonValue
 
-SchedulerName = Literal[
-    "DDIM",
-    "DDPM",
-    "DPM-M",
-    "DPM-S",
-    "EULER-A",
-    "EULER-D",
-    "HEUN",
-    "IPNDM",
-    "KDPM2-A",
-    "KDPM2-D",
-    "PNDM",
-    "K-LMS",
-]
-SCHEDULER_NAMES: tuple[SchedulerName, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
-
-TXT2IMG_ONLY_SCHEDULERS: tuple[SchedulerName, ...] = ("IPNDM",)
-"""diffusers' IPNDM cannot add noise to an init image, so it serves txt2img only."""
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
-
-
-Prompt = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
-"""A prompt as every dialect takes it: required, and not only whitespace."""
-
-_SCHEDULER_ALIASES = {"KLMS": "K-LMS"}
-
-
-def _scheduler_name(value: object) -> object:
-    if isinstance(value, str):
-        upper = value.strip().upper()
-        upper = _SCHEDULER_ALIASES.get(upper, upper)
-        if upper not in SCHEDULER_NAMES:
-            raise ValueError(f"must be one of {', '.join(SCHEDULER_NAMES)} (got {value!r})")
-        return upper
-    return value
-
-
-Scheduler = Annotated[SchedulerName, BeforeValidator(_scheduler_name)]
-"""A scheduler name as dialects take it: case-insensitive, with KLMS for K-LMS."""
-
-MAX_SEED = 2**63 - 1
-"""Largest seed accepted; per-image seeds wrap below it so every reported seed is valid input."""
+from sdserve.canonical import GenerationRequest, ImageResult
 
 
 class JobStatus(StrEnum):
@@ -70,55 +23,12 @@ class JobStatus(StrEnum):
         return self not in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
 
 
-class GenerationRequest(BaseModel):
-    """One validated image generation, independent of the dialect that asked for it."""
-
-    # Images travel as base64 in JSON (the job store) and as raw bytes in Python.
-    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
-
-    model: str
-    prompt: str
-    negative_prompt: str = ""
-    width: int
-    height: int
-    init_image: bytes | None = None
-    """PNG bytes, already resized to width x height."""
-    mask: bytes | None = None
-    """PNG bytes (mode L, width x height) in diffusers' convention: white is repainted."""
-    guidance_scale: float
-    num_inference_steps: int
-    num_outputs: int
-    prompt_strength: float
-    scheduler: SchedulerName
-    seed: int = Field(ge=0, le=MAX_SEED)
-    use_compel: bool = False
-    """Parse prompts with compel's weighting syntax (`(word)1.3`, `word++`)."""
-    lora: str | None = None
-    """Name of an installed LoRA applied to this request only."""
-    lora_scale: float = 1.0
-    blank_nsfw: bool = False
-    """Replace images the safety check flags with black ones."""
-
-    def image_seed(self, index: int) -> int:
-        """The seed of output image `index`; sending it back with num_outputs=1 reproduces it."""
-        return (self.seed + index) % (MAX_SEED + 1)
-
-
 class JobPolicy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     execution_timeout_ms: int | None = None
     ttl_ms: int | None = None
     low_priority: bool = False
-
-
-class ImageResult(BaseModel):
-    """One stored output image: where its bytes live and the seed that reproduces it."""
-
-    key: str
-    seed: int
-    nsfw: bool = False
-    """The safety check's verdict on this image."""
 
 
 class Job(BaseModel):

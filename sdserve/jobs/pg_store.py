@@ -27,13 +27,8 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from sdserve.jobs.models import (
-    ImageResult,
-    Job,
-    JobCounts,
-    JobStatus,
-    ProgressEvent,
-)
+from sdserve.canonical import ImageResult
+from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
 from sdserve.jobs.store import (
     JobStore,
     WebhookDelivery,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from sdserve.canonical import TXT2IMG_ONLY_SCHEDULERS, GenerationRequest, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.inputs import alpha_mask, prepare_init_image, prepare_mask, read_image
 from sdserve.jobs.loras import UnknownLora, find_lora
-from sdserve.jobs.models import TXT2IMG_ONLY_SCHEDULERS, GenerationRequest, SchedulerName
 from sdserve.registry import ModelSpec
 
 MIN_SIZE = 128

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from pydantic import JsonValue
 
+from sdserve.canonical import GenerationRequest
 from sdserve.jobs.errors import (
     Conflict,
     EndpointNotFound,
@@ -16,14 +17,7 @@ from sdserve.jobs.errors import (
     QueueFull,
     ResultTimeout,
 )
-from sdserve.jobs.models import (
-    GenerationRequest,
-    Job,
-    JobCounts,
-    JobPolicy,
-    JobStatus,
-    ProgressEvent,
-)
+from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 from sdserve.jobs.store import JobStore, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import ModelRegistry, ModelSpec

@@ -9,13 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sdserve.jobs.models import (
-    ImageResult,
-    Job,
-    JobCounts,
-    JobStatus,
-    ProgressEvent,
-)
+from sdserve.canonical import ImageResult
+from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
 from sdserve.jobs.store import (
     JSON_COLUMNS,
     JobStore,

@@ -9,15 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sdserve.jobs.models import (
-    GenerationRequest,
-    ImageResult,
-    Job,
-    JobCounts,
-    JobPolicy,
-    JobStatus,
-    ProgressEvent,
-)
+from sdserve.canonical import GenerationRequest, ImageResult
+from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 
 JSON_COLUMNS = ("extra", "request", "input", "policy", "outputs")
 """Columns holding JSON: TEXT in SQLite (decoded before `job_from_row`), JSONB in PostgreSQL."""

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from sdserve.engine.cache import PipelineCache
     from sdserve.engine.generate import GeneratedImage
 
+from sdserve.canonical import GenerationRequest
 from sdserve.jobs.backends import open_job_store
-from sdserve.jobs.models import GenerationRequest
 from sdserve.jobs.store import JobStore
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import Settings

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdserve.jobs.models import GenerationRequest, ImageResult, Job, JobStatus
+from sdserve.canonical import GenerationRequest, ImageResult
+from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.store import JobStore
 from sdserve.storage.base import ImageStore
 

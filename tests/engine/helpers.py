@@ -10,8 +10,8 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from sdserve.canonical import GenerationRequest
 from sdserve.families import FamilyName
-from sdserve.jobs.models import GenerationRequest
 
 SIZE = 128
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from sdserve.canonical import GenerationRequest
 from sdserve.engine.generate import EngineOptions, generate
 from sdserve.engine.pipelines import PipelineSet, load_pipelines
 from sdserve.families import FamilyName
-from sdserve.jobs.models import GenerationRequest
 from sdserve.registry import ModelSpec
 from tests.conftest import FamilyModels
 

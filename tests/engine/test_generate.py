@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sdserve.canonical import SCHEDULER_NAMES, GenerationRequest
 from sdserve.engine.generate import UnsupportedRequest, generate
 from sdserve.engine.pipelines import PipelineSet
-from sdserve.jobs.models import SCHEDULER_NAMES, GenerationRequest
 
 from .helpers import (
     SIZE,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from sdserve.canonical import GenerationRequest
 from sdserve.engine.generate import EngineOptions, generate
 from sdserve.engine.loras import LoraLoadError
 from sdserve.engine.pipelines import PipelineSet
 from sdserve.jobs.loras import UnknownLora
-from sdserve.jobs.models import GenerationRequest
 
 from .helpers import (
     Cancelled,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sdserve.canonical import GenerationRequest
 from sdserve.engine.generate import EngineOptions, generate
 from sdserve.engine.pipelines import PipelineSet
-from sdserve.jobs.models import GenerationRequest
 
 from .helpers import ignore_steps, init_image, make_request, pixels, square_mask
 

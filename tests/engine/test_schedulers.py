@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import pytest
 import torch
 
+from sdserve.canonical import SCHEDULER_NAMES, SchedulerName
 from sdserve.engine.pipelines import PipelineSet
 from sdserve.engine.schedulers import SCHEDULERS, make_scheduler, supports_init_image
-from sdserve.jobs.models import SCHEDULER_NAMES, SchedulerName
 
 
 def test_every_api_scheduler_name_has_a_scheduler() -> None:

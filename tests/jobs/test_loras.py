@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sdserve.canonical import GenerationRequest
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.loras import UnknownLora, find_lora, list_loras
-from sdserve.jobs.models import GenerationRequest
 from sdserve.jobs.requests import ImageFields, build_request
 from sdserve.registry import ModelSpec
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sdserve.jobs.models import GenerationRequest, ImageResult, Job, JobPolicy, JobStatus
+from sdserve.canonical import GenerationRequest, ImageResult
+from sdserve.jobs.models import Job, JobPolicy, JobStatus
 from sdserve.jobs.pg_schema import upgrade
 from sdserve.jobs.pg_store import PostgresJobStore
 from sdserve.jobs.sqlite_store import SqliteJobStore

@@ -10,7 +10,8 @@ from PIL import Image
 from sd_parsers import ParserManager
 from sd_parsers.data import PromptInfo
 
-from sdserve.jobs.models import GenerationRequest, Job
+from sdserve.canonical import GenerationRequest
+from sdserve.jobs.models import Job
 from sdserve.jobs.sqlite_store import SqliteJobStore
 from sdserve.storage.local import LocalImageStore
 from sdserve.worker.runner import Generate, JobRunner

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdserve.canonical import GenerationRequest
 from sdserve.engine.cache import PipelineCache
-from sdserve.jobs.models import GenerationRequest, Job, JobStatus
+from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.sqlite_store import SqliteJobStore
 from sdserve.registry import load_registry
 from sdserve.settings import Settings

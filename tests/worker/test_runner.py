@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdserve.canonical import GenerationRequest
 from sdserve.engine.generate import GeneratedImage
-from sdserve.jobs.models import GenerationRequest, JobStatus
+from sdserve.jobs.models import JobStatus
 from sdserve.jobs.sqlite_store import SqliteJobStore
 from sdserve.storage.local import LocalImageStore
 from sdserve.worker.runner import Generate, JobStopped, parameters_text

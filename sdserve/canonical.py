@@ -1,0 +1,102 @@
+"""Canonical request types every layer shares: the request, its result, and the names it takes.
+
+A leaf module: it imports nothing from sdserve, so the API, the job core and the engine can all
+depend on it without depending on each other.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+SchedulerName = Literal[
+    "DDIM",
+    "DDPM",
+    "DPM-M",
+    "DPM-S",
+    "EULER-A",
+    "EULER-D",
+    "HEUN",
+    "IPNDM",
+    "KDPM2-A",
+    "KDPM2-D",
+    "PNDM",
+    "K-LMS",
+]
+SCHEDULER_NAMES: tuple[SchedulerName, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
+
+TXT2IMG_ONLY_SCHEDULERS: tuple[SchedulerName, ...] = ("IPNDM",)
+"""diffusers' IPNDM cannot add noise to an init image, so it serves txt2img only."""
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Prompt = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+"""A prompt as every dialect takes it: required, and not only whitespace."""
+
+_SCHEDULER_ALIASES = {"KLMS": "K-LMS"}
+
+
+def _scheduler_name(value: object) -> object:
+    if isinstance(value, str):
+        upper = value.strip().upper()
+        upper = _SCHEDULER_ALIASES.get(upper, upper)
+        if upper not in SCHEDULER_NAMES:
+            raise ValueError(f"must be one of {', '.join(SCHEDULER_NAMES)} (got {value!r})")
+        return upper
+    return value
+
+
+Scheduler = Annotated[SchedulerName, BeforeValidator(_scheduler_name)]
+"""A scheduler name as dialects take it: case-insensitive, with KLMS for K-LMS."""
+
+MAX_SEED = 2**63 - 1
+"""Largest seed accepted; per-image seeds wrap below it so every reported seed is valid input."""
+
+
+class GenerationRequest(BaseModel):
+    """One validated image generation, independent of the dialect that asked for it."""
+
+    # Images travel as base64 in JSON (the job store) and as raw bytes in Python.
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    model: str
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    init_image: bytes | None = None
+    """PNG bytes, already resized to width x height."""
+    mask: bytes | None = None
+    """PNG bytes (mode L, width x height) in diffusers' convention: white is repainted."""
+    guidance_scale: float
+    num_inference_steps: int
+    num_outputs: int
+    prompt_strength: float
+    scheduler: SchedulerName
+    seed: int = Field(ge=0, le=MAX_SEED)
+    use_compel: bool = False
+    """Parse prompts with compel's weighting syntax (`(word)1.3`, `word++`)."""
+    lora: str | None = None
+    """Name of an installed LoRA applied to this request only."""
+    lora_scale: float = 1.0
+    blank_nsfw: bool = False
+    """Replace images the safety check flags with black ones."""
+
+    def image_seed(self, index: int) -> int:
+        """The seed of output image `index`; sending it back with num_outputs=1 reproduces it."""
+        return (self.seed + index) % (MAX_SEED + 1)
+
+
+class ImageResult(BaseModel):
+    """One stored output image: where its bytes live and the seed that reproduces it."""
+
+    key: str
+    seed: int
+    nsfw: bool = False
+    """The safety check's verdict on this image."""
