@@ -1,5 +1,7 @@
 """Canonical request types every layer shares: the request, its result, and the names it takes.
 
+How a scheduler name is parsed, and what each one is, lives in `sdserve.samplers`.
+
 A leaf module: it imports nothing from sdserve, so the API, the job core and the engine can all
 depend on it without depending on each other.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 SchedulerName = Literal[
     "DDIM",
@@ -26,9 +28,6 @@ SchedulerName = Literal[
 ]
 SCHEDULER_NAMES: tuple[SchedulerName, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
 
-TXT2IMG_ONLY_SCHEDULERS: tuple[SchedulerName, ...] = ("IPNDM",)
-"""diffusers' IPNDM cannot add noise to an init image, so it serves txt2img only."""
-
 
 def _not_blank(value: str) -> str:
     if not value.strip():
@@ -38,22 +37,6 @@ def _not_blank(value: str) -> str:
 
 Prompt = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 """A prompt as every dialect takes it: required, and not only whitespace."""
-
-_SCHEDULER_ALIASES = {"KLMS": "K-LMS"}
-
-
-def _scheduler_name(value: object) -> object:
-    if isinstance(value, str):
-        upper = value.strip().upper()
-        upper = _SCHEDULER_ALIASES.get(upper, upper)
-        if upper not in SCHEDULER_NAMES:
-            raise ValueError(f"must be one of {', '.join(SCHEDULER_NAMES)} (got {value!r})")
-        return upper
-    return value
-
-
-Scheduler = Annotated[SchedulerName, BeforeValidator(_scheduler_name)]
-"""A scheduler name as dialects take it: case-insensitive, with KLMS for K-LMS."""
 
 MAX_SEED = 2**63 - 1
 """Largest seed accepted; per-image seeds wrap below it so every reported seed is valid input."""

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sdserve.canonical import SCHEDULER_NAMES, SchedulerName
+from sdserve.samplers import FLOW_SCHEDULERS
 
 FamilyName = Literal["sd1", "sd2", "sdxl", "sd3", "flux-dev", "flux-schnell"]
-
-FLOW_SCHEDULERS: tuple[SchedulerName, ...] = ("EULER-D",)
-"""The samplers of flow-matching models: Euler over the flow (diffusers'
-FlowMatchEulerDiscreteScheduler); the others integrate a noise schedule these models lack."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from sdserve.canonical import Scheduler, SchedulerName
+from sdserve.canonical import SchedulerName
 from sdserve.demo import (
     DEMO_GUIDANCE,
     DEMO_GUIDANCE_CUTOFF,
@@ -20,6 +20,7 @@ from sdserve.demo import (
 )
 from sdserve.detect import UnservedModel, detect_model
 from sdserve.families import FAMILIES, Family, FamilyName
+from sdserve.samplers import Scheduler
 
 DEFAULT_MODEL = "default"
 DEFAULT_ALIASES = ("stable-diffusion-v1", "stabilityai/stable-diffusion-2-1")

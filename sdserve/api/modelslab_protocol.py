@@ -17,48 +17,26 @@ from pydantic import (
 )
 
 from sdserve.api.errors import ApiError
-from sdserve.canonical import MAX_SEED, SCHEDULER_NAMES, Prompt, SchedulerName
+from sdserve.canonical import MAX_SEED, Prompt, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.models import Job
-
-SCHEDULER_CLASSES: dict[SchedulerName, str] = {
-    "DDIM": "DDIMScheduler",
-    "DDPM": "DDPMScheduler",
-    "DPM-M": "DPMSolverMultistepScheduler",
-    "DPM-S": "DPMSolverSinglestepScheduler",
-    "EULER-A": "EulerAncestralDiscreteScheduler",
-    "EULER-D": "EulerDiscreteScheduler",
-    "HEUN": "HeunDiscreteScheduler",
-    "IPNDM": "IPNDMScheduler",
-    "KDPM2-A": "KDPM2AncestralDiscreteScheduler",
-    "KDPM2-D": "KDPM2DiscreteScheduler",
-    "PNDM": "PNDMScheduler",
-    "K-LMS": "LMSDiscreteScheduler",
-}
-"""The diffusers class names ModelsLab clients send as `scheduler`, and `meta.scheduler` shows."""
-
-_A1111_NAMES: dict[str, SchedulerName] = {
-    "Euler a": "EULER-A",
-    "Euler": "EULER-D",
-    "LMS": "K-LMS",
-    "Heun": "HEUN",
-    "DPM2": "KDPM2-D",
-    "DPM2 a": "KDPM2-A",
-    "DPM++ 2M": "DPM-M",
-    "DPM++ SDE": "DPM-S",
-    "PLMS": "PNDM",
-}
+from sdserve.samplers import SAMPLERS, Sampler
 
 
 def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9+]", "", name.lower())
 
 
+def _spellings(sampler: Sampler) -> tuple[str, ...]:
+    # ModelsLab clients send diffusers' class names (with or without `Scheduler`) or A1111's.
+    cls = sampler.diffusers_class
+    return (sampler.name, *sampler.aliases, cls, cls.removesuffix("Scheduler"), sampler.a1111)
+
+
 _SCHEDULER_LOOKUP: dict[str, SchedulerName] = {
-    **{_squash(name): name for name in SCHEDULER_NAMES},
-    **{_squash(cls): name for name, cls in SCHEDULER_CLASSES.items()},
-    **{_squash(cls.removesuffix("Scheduler")): name for name, cls in SCHEDULER_CLASSES.items()},
-    **{_squash(a1111): name for a1111, name in _A1111_NAMES.items()},
+    _squash(spelling): name
+    for name, sampler in SAMPLERS.items()
+    for spelling in _spellings(sampler)
 }
 
 
@@ -209,7 +187,7 @@ def render_meta(job: Job) -> dict[str, Any]:
         "safety_checker": "yes" if request.blank_nsfw else "no",
         "seed": request.seed,
         "steps": request.num_inference_steps,
-        "scheduler": SCHEDULER_CLASSES[request.scheduler],
+        "scheduler": SAMPLERS[request.scheduler].diffusers_class,
         "enhance_prompt": "yes" if job.extra.get("enhance_prompt") else "no",
         "base64": "yes" if job.extra.get("base64") else "no",
         "file_prefix": job.id,

@@ -18,9 +18,10 @@ from pydantic import (
 )
 
 from sdserve.api.errors import ApiError
-from sdserve.canonical import MAX_SEED, ImageResult, Prompt, Scheduler
+from sdserve.canonical import MAX_SEED, ImageResult, Prompt
 from sdserve.jobs.models import Job
 from sdserve.registry import DEFAULT_MODEL, ModelSpec, describe
+from sdserve.samplers import Scheduler
 
 ResponseFormat = Literal["url", "b64_json"]
 ImageData = Callable[[ImageResult], dict[str, str]]

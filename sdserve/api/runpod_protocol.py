@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from sdserve.canonical import MAX_SEED, ImageResult, Prompt, Scheduler
+from sdserve.canonical import MAX_SEED, ImageResult, Prompt
 from sdserve.jobs.models import Job
+from sdserve.samplers import Scheduler
 
 
 class RunPodInput(BaseModel):

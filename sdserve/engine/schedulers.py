@@ -1,64 +1,35 @@
-"""The API's scheduler names mapped to diffusers schedulers."""
+"""diffusers schedulers built from the samplers table (`sdserve.samplers`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-# Imported from their modules, not the package root: mypy reads the root's lazy-import
-# stubs as dummy classes, which would hide the real types.
-from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
-from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
-from diffusers.schedulers.scheduling_dpmsolver_singlestep import DPMSolverSinglestepScheduler
-from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
-    EulerAncestralDiscreteScheduler,
-)
-from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
-from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
-    FlowMatchEulerDiscreteScheduler,
-)
-from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
-from diffusers.schedulers.scheduling_ipndm import IPNDMScheduler
-from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
-    KDPM2AncestralDiscreteScheduler,
-)
-from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteScheduler
-from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
-from diffusers.schedulers.scheduling_pndm import PNDMScheduler
+import diffusers.schedulers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from sdserve.canonical import SchedulerName
 from sdserve.families import FLOW_FAMILIES, FamilyName
+from sdserve.samplers import SAMPLERS
+
+
+def _diffusers_class(class_name: str) -> type[SchedulerMixin]:
+    scheduler_class = getattr(diffusers.schedulers, class_name)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise TypeError(f"diffusers.schedulers.{class_name} is not a scheduler")
+    return scheduler_class
+
 
 SCHEDULERS: dict[SchedulerName, type[SchedulerMixin]] = {
-    "DDIM": DDIMScheduler,
-    "DDPM": DDPMScheduler,
-    "DPM-M": DPMSolverMultistepScheduler,
-    "DPM-S": DPMSolverSinglestepScheduler,
-    "EULER-A": EulerAncestralDiscreteScheduler,
-    "EULER-D": EulerDiscreteScheduler,
-    "HEUN": HeunDiscreteScheduler,
-    "IPNDM": IPNDMScheduler,
-    "KDPM2-A": KDPM2AncestralDiscreteScheduler,
-    "KDPM2-D": KDPM2DiscreteScheduler,
-    "PNDM": PNDMScheduler,
-    "K-LMS": LMSDiscreteScheduler,
+    name: _diffusers_class(sampler.diffusers_class) for name, sampler in SAMPLERS.items()
 }
+"""The scheduler classes of noise-predicting (UNet) families, by name."""
 
 FLOW_SCHEDULER_CLASSES: dict[SchedulerName, type[SchedulerMixin]] = {
-    "EULER-D": FlowMatchEulerDiscreteScheduler,
+    name: _diffusers_class(sampler.flow_class)
+    for name, sampler in SAMPLERS.items()
+    if sampler.flow_class is not None
 }
 """The samplers of flow-matching families (SD3, FLUX), by the same names."""
-
-_SD_DEFAULTS: dict[SchedulerName, dict[str, object]] = {
-    # What SD's own scheduler configs set where diffusers' class defaults differ. A model whose
-    # config is for another class lacks them, and the class defaults would clip SD's latents to
-    # [-1, 1] (DDIM, DDPM) or run PNDM's Runge-Kutta warm-up (three times the model calls, and a
-    # crash below 4 steps). Whatever the model's own config says still wins.
-    "DDIM": {"clip_sample": False, "set_alpha_to_one": False},
-    "DDPM": {"clip_sample": False},
-    "PNDM": {"skip_prk_steps": True, "set_alpha_to_one": False},
-}
 
 
 def scheduler_classes(family: FamilyName) -> dict[SchedulerName, type[SchedulerMixin]]:
@@ -72,7 +43,7 @@ def make_scheduler(
     """A fresh scheduler `name` for a model of `family`, configured from its own config."""
     # A new instance every call: schedulers keep per-run state (step index, history).
     # Every diffusers scheduler is also a ConfigMixin; SchedulerMixin's type does not say so.
-    config = {**_SD_DEFAULTS.get(name, {}), **base_config}
+    config = {**SAMPLERS[name].sd_config, **base_config}
     scheduler_class = scheduler_classes(family)[name]
     scheduler: SchedulerMixin = scheduler_class.from_config(config)  # type: ignore[attr-defined]
     return scheduler
@@ -80,6 +51,4 @@ def make_scheduler(
 
 def supports_init_image(name: SchedulerName) -> bool:
     """Whether scheduler `name` can start from a noised init image (img2img and inpaint)."""
-    # img2img and inpaint noise the init image to the starting timestep with `add_noise`;
-    # diffusers 0.42.1 gives IPNDMScheduler none.
-    return hasattr(SCHEDULERS[name], "add_noise")
+    return SAMPLERS[name].img2img

@@ -5,11 +5,12 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from sdserve.canonical import TXT2IMG_ONLY_SCHEDULERS, GenerationRequest, SchedulerName
+from sdserve.canonical import GenerationRequest, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.inputs import alpha_mask, prepare_init_image, prepare_mask, read_image
 from sdserve.jobs.loras import UnknownLora, find_lora
 from sdserve.registry import ModelSpec
+from sdserve.samplers import SAMPLERS
 
 MIN_SIZE = 128
 RANDOM_SEED_BOUND = 2**32
@@ -36,7 +37,7 @@ def check_scheduler(field: str, scheduler: SchedulerName, spec: ModelSpec, init:
             f"model {spec.name} ({family.title}) runs {', '.join(family.schedulers)} only;"
             f" {scheduler} has no equivalent for it (got {scheduler})",
         )
-    if scheduler in TXT2IMG_ONLY_SCHEDULERS and init:
+    if init and not SAMPLERS[scheduler].img2img:
         raise InvalidInput(
             field, f"{scheduler} cannot start from an init image; choose another, e.g. K-LMS"
         )

@@ -15,6 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 from sdserve.canonical import GenerationRequest, ImageResult
 from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.store import JobStore
+from sdserve.samplers import SAMPLERS
 from sdserve.storage.base import ImageStore
 
 if TYPE_CHECKING:  # the API process imports this module and must not load torch
@@ -24,22 +25,6 @@ log = logging.getLogger(__name__)
 
 _PROGRESS_EVERY_S = 0.1
 """Progress is written at most this often; the stop check still happens every step."""
-
-SAMPLER_NAMES = {
-    "DDIM": "DDIM",
-    "DDPM": "DDPM",
-    "DPM-M": "DPM++ 2M",
-    "DPM-S": "DPM++ SDE",
-    "EULER-A": "Euler a",
-    "EULER-D": "Euler",
-    "HEUN": "Heun",
-    "IPNDM": "IPNDM",
-    "KDPM2-A": "DPM2 a",
-    "KDPM2-D": "DPM2",
-    "PNDM": "PLMS",
-    "K-LMS": "LMS",
-}
-"""A1111's names for the samplers, so PNG-info readers recognise them."""
 
 
 class JobStopped(BaseException):
@@ -60,7 +45,7 @@ def parameters_text(request: GenerationRequest, seed: int) -> str:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     fields: dict[str, object] = {
         "Steps": request.num_inference_steps,
-        "Sampler": SAMPLER_NAMES[request.scheduler],
+        "Sampler": SAMPLERS[request.scheduler].a1111,
         "CFG scale": request.guidance_scale,
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
