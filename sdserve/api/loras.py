@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from sdserve.api.context import Caller, get_caller
-from sdserve.jobs.loras import list_loras
+from sdserve.loras import list_loras
 
 router = APIRouter(tags=["loras"])
 

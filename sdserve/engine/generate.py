@@ -18,7 +18,7 @@ from sdserve.engine.pipelines import PipelineSet
 from sdserve.engine.prompts import weighted_embeddings
 from sdserve.engine.safety import blanked, is_nsfw
 from sdserve.engine.schedulers import make_scheduler, supports_init_image
-from sdserve.jobs.loras import find_lora
+from sdserve.loras import find_lora
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 OnStep = Callable[[int, int], None]

@@ -8,7 +8,7 @@ from pathlib import Path
 from sdserve.canonical import GenerationRequest, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.inputs import alpha_mask, prepare_init_image, prepare_mask, read_image
-from sdserve.jobs.loras import UnknownLora, find_lora
+from sdserve.loras import UnknownLora, find_lora
 from sdserve.registry import ModelSpec
 from sdserve.samplers import SAMPLERS
 

@@ -13,7 +13,7 @@ from sdserve.canonical import GenerationRequest
 from sdserve.engine.generate import EngineOptions, generate
 from sdserve.engine.loras import LoraLoadError
 from sdserve.engine.pipelines import PipelineSet
-from sdserve.jobs.loras import UnknownLora
+from sdserve.loras import UnknownLora
 
 from .helpers import (
     Cancelled,

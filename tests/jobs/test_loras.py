@@ -1,4 +1,4 @@
-"""The LoRA registry folder, and build_request refusing LoRAs that are not installed."""
+"""build_request refusing LoRAs that are not installed (the folder itself: tests/test_loras.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from sdserve.canonical import GenerationRequest
 from sdserve.jobs.errors import InvalidInput
-from sdserve.jobs.loras import UnknownLora, find_lora, list_loras
 from sdserve.jobs.requests import ImageFields, build_request
 from sdserve.registry import ModelSpec
 
@@ -19,21 +18,6 @@ def folder(tmp_path: Path) -> Path:
     for name in ("b.safetensors", "a.safetensors", "readme.md"):
         (tmp_path / name).write_bytes(b"")
     return tmp_path
-
-
-def test_loras_are_the_safetensors_files_by_stem_sorted(folder: Path) -> None:
-    assert list_loras(folder) == ["a", "b"]
-    assert list_loras(folder / "missing") == []
-
-
-def test_find_lora_gives_the_file_or_names_the_installed_ones(folder: Path) -> None:
-    assert find_lora(folder, "a") == folder / "a.safetensors"
-    with pytest.raises(UnknownLora, match="unknown LoRA 'c'; installed: a, b"):
-        find_lora(folder, "c")
-    with pytest.raises(UnknownLora, match=r"unknown LoRA '\.\./a'"):
-        find_lora(folder / "sub", "../a")
-    with pytest.raises(UnknownLora, match="installed: none"):
-        find_lora(folder / "missing", "a")
 
 
 def _build(**fields: object) -> GenerationRequest:
