@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-db_app = typer.Typer(help="Database schema commands (PostgreSQL).", no_args_is_help=True)
+db_app = typer.Typer(help="Job database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 DataDir = Annotated[
@@ -210,12 +210,11 @@ def _drain_then_exit(stop: threading.Event) -> Callable[[int, FrameType | None],
 
 
 @db_app.command("upgrade")
-def db_upgrade(database: Database = None) -> None:
-    """Create or upgrade the PostgreSQL schema (safe while other nodes run or start)."""
-    from sdserve.jobs.pg_schema import upgrade
+def db_upgrade(database: Database = None, data_dir: DataDir = None) -> None:
+    """Create or upgrade the job database's schema: PostgreSQL with --database, else the data
+    folder's SQLite file (safe while other nodes run or start; they also do it at start)."""
+    from sdserve.jobs.backends import upgrade_database
 
-    settings = _settings({"database": database})
-    if settings.database is None:
-        raise typer.BadParameter("give --database postgresql://... (or SDSERVE_DATABASE)")
-    applied = upgrade(settings.database)
-    typer.echo("\n".join(applied) if applied else "the schema is up to date")
+    applied = upgrade_database(_settings({"database": database, "data_dir": data_dir}))
+    lines = [f"sdserve schema revision {revision}" for revision in applied]
+    typer.echo("\n".join(lines) if lines else "the schema is up to date")

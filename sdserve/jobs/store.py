@@ -12,12 +12,8 @@ from pydantic import BaseModel
 from sdserve.canonical import GenerationRequest, ImageResult
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 
-JSON_COLUMNS = ("extra", "request", "input", "policy", "outputs")
-"""Columns holding JSON: TEXT in SQLite (decoded before `job_from_row`), JSONB in PostgreSQL."""
-
-
-def job_from_row(row: Mapping[str, Any]) -> Job:
-    """A job from a jobs-table row (same columns in every backend), its JSON decoded."""
+def job_from_row(row: Mapping[Any, Any]) -> Job:
+    """A job from a row of `sdserve_jobs`, its JSON columns decoded."""
     return Job(
         id=row["id"],
         number=row["number"],

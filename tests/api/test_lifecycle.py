@@ -148,7 +148,7 @@ def test_worker_crash_requeues_job_then_gives_up(tmp_path: Path, tiny_model: Pat
             time.sleep(1.5)
         body = wait_for(client, f"/v2/default/status/{job_id}", FINAL, timeout_s=60)
         assert body["status"] == "FAILED"
-        assert "worker process died" in body["error"] and "3 times" in body["error"]
+        assert "worker running this job died" in body["error"] and "3 times" in body["error"]
         assert "Traceback" not in body["error"]
         # and the server still has a working worker
         done = client.post("/v2/default/runsync", json={"input": FAST}).json()

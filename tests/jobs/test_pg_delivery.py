@@ -7,15 +7,13 @@ import threading
 import time
 
 from sdserve.jobs.models import JobStatus
-from sdserve.jobs.pg_schema import upgrade
 from sdserve.jobs.pg_store import PostgresJobStore
-from tests.jobs.test_store_contract import make_job
+from tests.jobs.helpers import make_job
 from tests.pg import fresh_database
 
 
 def test_an_idle_worker_wakes_when_a_job_is_queued_elsewhere() -> None:
     with fresh_database() as url:
-        upgrade(url)
         worker_side = PostgresJobStore(url, 1800, models=["default"])
         api_side = PostgresJobStore(url, 1800)
         try:
@@ -59,7 +57,6 @@ def _sweep_together(nodes: list[PostgresJobStore]) -> None:
 
 def test_api_nodes_recovering_the_same_stalled_run_at_once_lose_nothing() -> None:
     with fresh_database() as url:
-        upgrade(url)
         nodes = [PostgresJobStore(url, 1800) for _ in range(3)]
         worker = PostgresJobStore(url, 1800, models=["default"])
         try:
@@ -81,7 +78,6 @@ def test_api_nodes_recovering_the_same_stalled_run_at_once_lose_nothing() -> Non
 
 def test_a_worker_dying_between_taking_and_starting_a_job_loses_nothing() -> None:
     with fresh_database() as url:
-        upgrade(url)
         nodes = [PostgresJobStore(url, 1800) for _ in range(2)]
         worker = PostgresJobStore(url, 1800, models=["default"])
         try:

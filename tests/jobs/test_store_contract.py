@@ -3,50 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from sdserve.canonical import GenerationRequest, ImageResult
-from sdserve.jobs.models import Job, JobPolicy, JobStatus
-from sdserve.jobs.pg_schema import upgrade
-from sdserve.jobs.pg_store import PostgresJobStore
-from sdserve.jobs.sqlite_store import SqliteJobStore
+from sdserve.canonical import ImageResult
+from sdserve.jobs.models import JobStatus
 from sdserve.jobs.store import JobStore
-from tests.pg import clear, fresh_database
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    with fresh_database() as url:
-        upgrade(url)
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    backend: JobStore
-    if request.param == "sqlite":
-        backend = SqliteJobStore(tmp_path / "jobs.sqlite3", default_ttl_s=1800)
-    else:
-        url = request.getfixturevalue("postgres")
-        clear(url)
-        backend = PostgresJobStore(url, default_ttl_s=1800)
-    yield backend
-    backend.close()
-
-
-def make_job(job_id: str, owner: str = "alice", endpoint: str = "default", **policy: object) -> Job:
-    request = GenerationRequest(
-        model=endpoint, prompt="p", width=128, height=128, guidance_scale=7.5,
-        num_inference_steps=2, num_outputs=1, prompt_strength=0.8, scheduler="K-LMS", seed=1,
-    )  # fmt: skip
-    return Job(
-        id=job_id, owner=owner, endpoint=endpoint, request=request, input={"prompt": "p"},
-        policy=JobPolicy.model_validate(policy), webhook="http://127.0.0.1:1/hook",
-        created_at=time.time(),
-    )  # fmt: skip
+from tests.jobs.conftest import OpenStore
+from tests.jobs.helpers import make_job
 
 
 def test_create_get_round_trip(store: JobStore) -> None:
@@ -137,14 +101,12 @@ def test_stale_heartbeat_requeues(store: JobStore) -> None:
     assert job is not None and job.id == "a" and job.attempts == 2
 
 
-def test_a_store_opened_for_some_models_claims_only_theirs(store: JobStore) -> None:
+def test_a_store_opened_for_some_models_claims_only_theirs(
+    store: JobStore, open_store: OpenStore
+) -> None:
     store.create(make_job("x", endpoint="other"))
     store.create(make_job("a"))
-    picky = (
-        SqliteJobStore(store._path, 1800, models=["default"])  # type: ignore[attr-defined]
-        if isinstance(store, SqliteJobStore)
-        else PostgresJobStore(store._conninfo, 1800, models=["default"])  # type: ignore[attr-defined]
-    )
+    picky = open_store(["default"])
     try:
         job = picky.claim("w", time.time())
         assert job is not None and job.id == "a"

@@ -1,0 +1,459 @@
+"""The job-state core: every transition written once, in SQL both SQLite and PostgreSQL run.
+
+Statements are SQLAlchemy Core over the tables of `jobs/schema.py`, their WHERE clauses taken
+from `jobs/transitions.py`. A backend adds only what really differs: its connections and how
+jobs are delivered to workers (`claim`, and the delivery hooks that run after a transition
+commits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from sdserve.canonical import ImageResult
+from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
+from sdserve.jobs.schema import job_events, jobs, webhooks, workers
+from sdserve.jobs.store import JobStore, WebhookDelivery, WorkerInfo, job_counts, job_from_row
+from sdserve.jobs.transitions import ENDINGS, TRANSITIONS, Op, Transition
+
+WEBHOOK_LEASE_S = 60.0
+"""A webhook being delivered is hidden this long from other deliverers (other API nodes)."""
+
+_NEXT_NUMBER = sa.text(
+    "INSERT INTO sdserve_counters (name, value) VALUES ('job', 1)"
+    " ON CONFLICT (name) DO UPDATE SET value = sdserve_counters.value + 1 RETURNING value"
+)
+_WORKER_ALIVE = sa.text(
+    "INSERT INTO sdserve_workers (worker_id, heartbeat_at, job_id) VALUES (:worker, :now, :job)"
+    " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = :now, job_id = :job"
+)
+# Neither differs between SQLite and PostgreSQL; upserts are the one thing SQLAlchemy Core
+# only offers per dialect, so they are plain SQL both run.
+
+
+def movable(op: Op) -> sa.ColumnElement[bool]:
+    """The states `op` may move a job from."""
+    return jobs.c.status.in_(TRANSITIONS[op].source_values)
+
+
+def _ended(target: JobStatus, now: float) -> dict[str, Any]:
+    """Column values of a job reaching a final state: its retention starts now."""
+    return {
+        "status": target.value,
+        "finished_at": now,
+        "expires_at": jobs.c.ttl_s + now,
+        "heartbeat_at": None,
+    }
+
+
+def giving_up_message(attempts: int) -> str:
+    return (
+        f"the worker running this job died or went silent, {attempts} times; giving up"
+        " (the request may exhaust the worker's memory)"
+    )
+
+
+class SqlJobStore(JobStore):
+    """Job state in sdserve's tables, through a SQLAlchemy engine."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        default_ttl_s: float,
+        models: list[str] | None,
+        reader: sa.Engine | None = None,
+    ) -> None:
+        """`models`: the only models whose jobs `claim` takes (None: every model). `reader`:
+        an engine for read-only transactions, where the backend wants one apart."""
+        self._engine = engine
+        self._reader = reader or engine
+        self._default_ttl_s = default_ttl_s
+        self._models = models
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self._engine.begin() as db:
+            yield db
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self._reader.begin() as db:
+            yield db
+
+    def close(self) -> None:
+        self._engine.dispose()
+        self._reader.dispose()
+
+    # --- delivery hooks: run after the transition committed; nothing to do by default ----
+
+    def _deliver(self, job_id: str, endpoint: str, low_priority: bool) -> None:
+        """A job was queued (created or retried): hand it to whatever delivers jobs."""
+
+    def _close_delivery(self, delivery_id: int | None, status: JobStatus) -> None:
+        """A run ended with `status` (final, or re-queued elsewhere): its delivery is done."""
+
+    def _drop_deliveries(self, delivery_ids: Sequence[int | None]) -> None:
+        """Jobs were cancelled or purged: their deliveries must not run (any more)."""
+
+    # --- submit and read ------------------------------------------------------------------
+
+    def create(self, job: Job) -> int:
+        ttl_s = job.policy.ttl_ms / 1000 if job.policy.ttl_ms else self._default_ttl_s
+        timeout_ms = job.policy.execution_timeout_ms
+        with self._tx() as db:
+            # A counter, not MAX(number) + 1: numbers of deleted jobs are never handed out again.
+            number = int(db.execute(_NEXT_NUMBER).scalar_one())
+            db.execute(
+                jobs.insert().values(
+                    id=job.id,
+                    number=number,
+                    owner=job.owner,
+                    endpoint=job.endpoint,
+                    dialect=job.dialect,
+                    extra=job.extra,
+                    status=job.status.value,
+                    request=job.request.model_dump(mode="json"),
+                    input=job.input,
+                    policy=job.policy.model_dump(mode="json"),
+                    webhook=job.webhook,
+                    created_at=job.created_at,
+                    ttl_s=ttl_s,
+                    timeout_s=timeout_ms / 1000 if timeout_ms else None,
+                    low_priority=job.policy.low_priority,
+                )
+            )
+        try:
+            self._deliver(job.id, job.endpoint, job.policy.low_priority)
+        except BaseException:
+            with self._tx() as db:  # never leave a job nobody will ever run
+                db.execute(jobs.delete().where(jobs.c.id == job.id))
+            raise
+        return number
+
+    def get(self, job_id: str) -> Job | None:
+        return self._one(jobs.c.id == job_id)
+
+    def get_by_number(self, number: int) -> Job | None:
+        return self._one(jobs.c.number == number)
+
+    def _one(self, where: sa.ColumnElement[bool]) -> Job | None:
+        with self._read() as db:
+            row = db.execute(sa.select(jobs).where(where)).first()
+        return None if row is None else job_from_row(row._mapping)
+
+    def statuses(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        if not job_ids:
+            return {}
+        with self._read() as db:
+            rows = db.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(job_ids)))
+            return {row.id: JobStatus(row.status) for row in rows}
+
+    def counts(self, endpoint: str) -> JobCounts:
+        query = (
+            sa.select(
+                jobs.c.status, sa.func.count(), sa.func.coalesce(sa.func.sum(jobs.c.retried), 0)
+            )
+            .where(jobs.c.endpoint == endpoint)
+            .group_by(jobs.c.status)
+        )
+        with self._read() as db:
+            rows = db.execute(query).all()
+        return job_counts({row[0]: int(row[1]) for row in rows}, sum(int(r[2]) for r in rows))
+
+    def queued(self, endpoint: str) -> int:
+        query = sa.select(sa.func.count()).where(
+            jobs.c.endpoint == endpoint, jobs.c.status == JobStatus.IN_QUEUE.value
+        )
+        with self._read() as db:
+            return int(db.execute(query).scalar_one())
+
+    def attempt_status(self, job_id: str, attempt: int) -> JobStatus | None:
+        query = sa.select(jobs.c.status).where(jobs.c.id == job_id, jobs.c.attempts == attempt)
+        with self._read() as db:
+            status = db.execute(query).scalar_one_or_none()
+        return None if status is None else JobStatus(status)
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def _start(
+        self,
+        db: sa.Connection,
+        which: sa.ColumnElement[bool],
+        worker_id: str,
+        now: float,
+        delivery_id: int | None = None,
+    ) -> Job | None:
+        """CLAIM: start the next run of the queued job `which` selects."""
+        row = db.execute(
+            jobs.update()
+            .where(which, movable(Op.CLAIM))
+            .values(
+                status=TRANSITIONS[Op.CLAIM].target,
+                started_at=now,
+                worker_id=worker_id,
+                heartbeat_at=now,
+                attempts=jobs.c.attempts + 1,
+                progress_step=0,
+                progress_total=0,
+                delivery_id=delivery_id,
+            )
+            .returning(*jobs.c)
+        ).first()
+        if row is None:
+            return None
+        db.execute(job_events.delete().where(job_events.c.job_id == row.id))
+        db.execute(workers.update().where(workers.c.worker_id == worker_id).values(job_id=row.id))
+        return job_from_row(row._mapping)
+
+    def heartbeat(self, worker_id: str, job_id: str | None, now: float) -> None:
+        with self._tx() as db:
+            db.execute(_WORKER_ALIVE, {"worker": worker_id, "now": now, "job": job_id})
+            db.execute(
+                jobs.update()
+                .where(jobs.c.worker_id == worker_id, jobs.c.status == JobStatus.IN_PROGRESS.value)
+                .values(heartbeat_at=now)
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute(workers.delete().where(workers.c.worker_id == worker_id))
+
+    def workers(self, alive_since: float) -> list[WorkerInfo]:
+        query = (
+            sa.select(workers.c.worker_id, workers.c.heartbeat_at, workers.c.job_id)
+            .where(workers.c.heartbeat_at >= alive_since)
+            .order_by(workers.c.worker_id)
+        )
+        with self._read() as db:
+            return [WorkerInfo(**row._mapping) for row in db.execute(query)]
+
+    def add_progress(self, job_id: str, attempt: int, step: int, total: int) -> JobStatus | None:
+        with self._tx() as db:
+            status = db.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.attempts == attempt)
+                .values(progress_step=step, progress_total=total)
+                .returning(jobs.c.status)
+            ).scalar_one_or_none()
+            if status == JobStatus.IN_PROGRESS:
+                db.execute(job_events.insert().values(job_id=job_id, step=step, total=total))
+        return None if status is None else JobStatus(status)
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        now: float,
+        outputs: list[ImageResult] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        if status not in ENDINGS:
+            raise ValueError(f"a worker cannot end a run as {status.value}")
+        transition = TRANSITIONS[ENDINGS[status]]
+        with self._tx() as db:
+            row = db.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.attempts == attempt, movable(ENDINGS[status]))
+                .values(
+                    **_ended(status, now),
+                    outputs=[o.model_dump() for o in outputs or []],
+                    error=error,
+                )
+                .returning(jobs.c.webhook, jobs.c.delivery_id)
+            ).first()
+            if row is not None:
+                self._queue_webhook(db, job_id, row.webhook, transition, now)
+        if row is None:
+            self.release(job_id, attempt)
+            return False
+        self._close_delivery(row.delivery_id, status)
+        return True
+
+    def release(self, job_id: str, attempt: int) -> None:
+        query = sa.select(jobs.c.delivery_id, jobs.c.status).where(
+            jobs.c.id == job_id,
+            jobs.c.attempts == attempt,
+            jobs.c.status.in_(TRANSITIONS[Op.EXPIRE].source_values),
+        )
+        with self._read() as db:
+            row = db.execute(query).first()
+        if row is not None:
+            self._close_delivery(row.delivery_id, JobStatus(row.status))
+
+    @staticmethod
+    def _queue_webhook(
+        db: sa.Connection, job_id: str, url: str | None, transition: Transition, now: float
+    ) -> None:
+        if url and transition.webhook:
+            db.execute(webhooks.insert().values(job_id=job_id, url=url, next_at=now))
+
+    # --- the owner's and the sweeper's transitions ----------------------------------------
+
+    def cancel(self, job_id: str, now: float) -> Job | None:
+        target = TRANSITIONS[Op.CANCEL].target
+        assert target is not None
+        with self._tx() as db:
+            delivery = db.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, movable(Op.CANCEL))
+                .values(**_ended(target, now))
+                .returning(jobs.c.delivery_id)
+            ).first()
+        if delivery is not None:
+            # Queued: it is never delivered. Running: its worker sees the new status (and, on
+            # PostgreSQL, procrastinate's abort flag) at the next step.
+            self._drop_deliveries([delivery.delivery_id])
+        return self.get(job_id)
+
+    def retry(self, job_id: str, now: float) -> bool:
+        with self._tx() as db:
+            row = db.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, movable(Op.RETRY))
+                .values(
+                    status=TRANSITIONS[Op.RETRY].target,
+                    created_at=now,
+                    started_at=None,
+                    finished_at=None,
+                    expires_at=None,
+                    error=None,
+                    outputs=[],
+                    worker_id=None,
+                    heartbeat_at=None,
+                    delivery_id=None,
+                    attempts=0,
+                    retried=jobs.c.retried + 1,
+                    progress_step=0,
+                    progress_total=0,
+                )
+                .returning(jobs.c.endpoint, jobs.c.low_priority)
+            ).first()
+        if row is None:
+            return False
+        self._deliver(job_id, row.endpoint, row.low_priority)
+        return True
+
+    def purge(self, owner: str, endpoint: str) -> int:
+        with self._tx() as db:
+            rows = self._delete(
+                db, (jobs.c.owner == owner, jobs.c.endpoint == endpoint, movable(Op.PURGE))
+            )
+        self._drop_deliveries([row.delivery_id for row in rows])
+        return len(rows)
+
+    def _delete(
+        self, db: sa.Connection, where: tuple[sa.ColumnElement[bool], ...]
+    ) -> Sequence[sa.Row[Any]]:
+        """Delete jobs with their progress events and pending webhooks; return their rows."""
+        rows = db.execute(jobs.delete().where(*where).returning(*jobs.c)).all()
+        ids = [row.id for row in rows]
+        if ids:
+            db.execute(job_events.delete().where(job_events.c.job_id.in_(ids)))
+            db.execute(webhooks.delete().where(webhooks.c.job_id.in_(ids)))
+        return rows
+
+    def _recover_run(
+        self, db: sa.Connection, job_id: str, max_attempts: int, now: float
+    ) -> JobStatus | None:
+        """REQUEUE a dead worker's run, or GIVE_UP on it after `max_attempts` runs; the job's
+        status afterwards (None if it was not running)."""
+        row = db.execute(
+            sa.select(jobs.c.attempts, jobs.c.webhook).where(
+                jobs.c.id == job_id, movable(Op.REQUEUE)
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.attempts < max_attempts:
+            db.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, movable(Op.REQUEUE))
+                .values(
+                    status=TRANSITIONS[Op.REQUEUE].target,
+                    started_at=None,
+                    worker_id=None,
+                    heartbeat_at=None,
+                )
+            )
+            return JobStatus.IN_QUEUE
+        give_up = TRANSITIONS[Op.GIVE_UP]
+        assert give_up.target is not None
+        db.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id, movable(Op.GIVE_UP))
+            .values(**_ended(give_up.target, now), error=giving_up_message(row.attempts))
+        )
+        self._queue_webhook(db, job_id, row.webhook, give_up, now)
+        return give_up.target
+
+    def time_out_overdue(self, now: float) -> list[str]:
+        transition = TRANSITIONS[Op.TIME_OUT]
+        assert transition.target is not None
+        with self._tx() as db:
+            rows = db.execute(
+                jobs.update()
+                .where(
+                    movable(Op.TIME_OUT),
+                    jobs.c.timeout_s.is_not(None),
+                    jobs.c.started_at + jobs.c.timeout_s < now,
+                )
+                .values(**_ended(transition.target, now), error="execution timeout exceeded")
+                .returning(jobs.c.id, jobs.c.webhook)
+            ).all()
+            for row in rows:
+                self._queue_webhook(db, row.id, row.webhook, transition, now)
+        return [row.id for row in rows]
+
+    def delete_expired(self, now: float) -> list[Job]:
+        with self._tx() as db:
+            rows = self._delete(
+                db, (movable(Op.EXPIRE), jobs.c.expires_at.is_not(None), jobs.c.expires_at < now)
+            )
+        return [job_from_row(row._mapping) for row in rows]
+
+    # --- progress stream and webhook outbox -----------------------------------------------
+
+    def read_stream(self, job_id: str) -> list[ProgressEvent]:
+        with self._tx() as db:
+            rows = db.execute(
+                job_events.update()
+                .where(job_events.c.job_id == job_id, sa.not_(job_events.c.read))
+                .values(read=True)
+                .returning(job_events.c.seq, job_events.c.step, job_events.c.total)
+            ).all()
+        ordered = sorted(rows, key=lambda row: int(row.seq))
+        return [ProgressEvent(step=row.step, total=row.total) for row in ordered]
+
+    def due_webhooks(self, now: float, limit: int) -> list[WebhookDelivery]:
+        due = (
+            sa.select(webhooks.c.id)
+            .where(webhooks.c.next_at <= now)
+            .order_by(webhooks.c.next_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._tx() as db:
+            rows = db.execute(
+                webhooks.update()
+                .where(webhooks.c.id.in_(due))
+                .values(next_at=now + WEBHOOK_LEASE_S)
+                .returning(webhooks.c.id, webhooks.c.job_id, webhooks.c.url, webhooks.c.attempts)
+            ).all()
+        ordered = sorted(rows, key=lambda row: int(row.id))
+        return [WebhookDelivery(**row._mapping) for row in ordered]
+
+    def webhook_attempted(self, delivery_id: int, delivered: bool, next_at: float | None) -> None:
+        with self._tx() as db:
+            if delivered or next_at is None:
+                db.execute(webhooks.delete().where(webhooks.c.id == delivery_id))
+            else:
+                db.execute(
+                    webhooks.update()
+                    .where(webhooks.c.id == delivery_id)
+                    .values(attempts=webhooks.c.attempts + 1, next_at=next_at)
+                )
