@@ -191,7 +191,7 @@ def _run_group(
 
 def _build(path: Path, family: FamilyName, full_size: bool, device: str) -> None:
     if not full_size:
-        from sdserve.engine.random_model import build_random_family
+        from tests.models.random_model import build_random_family
 
         build_random_family(path, family, seed=0)
         return

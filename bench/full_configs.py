@@ -39,9 +39,9 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedModel, T5EncoderModel
 
-from sdserve.engine.random_flow import _t5_tokenizer
-from sdserve.engine.random_model import _write_tokenizer_files
 from sdserve.families import FamilyName
+from tests.models.random_flow import _t5_tokenizer
+from tests.models.random_model import _write_tokenizer_files
 
 Config = dict[str, Any]
 

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import httpx
 
+# The tiny random models are test fixtures (tests/models): import them from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def start_server(
     data_dir: Path,
@@ -90,7 +93,7 @@ def main() -> None:
     if model_dir is None:
         # Not the demo model: it draws at 64x64 whatever the size asked, so the raw call would
         # not do the same work; this one draws at full size, like real SD models.
-        from sdserve.engine.random_model import build_random_pipeline
+        from tests.models.random_model import build_random_pipeline
 
         model_dir = str(data_dir / "tiny-random")
         build_random_pipeline(Path(model_dir), seed=0)

@@ -44,6 +44,9 @@ import httpx
 import psycopg
 from psycopg import sql
 
+# The tiny random models are test fixtures (tests/models): import them from this checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.1
@@ -317,7 +320,7 @@ def main() -> None:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
 
-    from sdserve.engine.random_model import build_random_pipeline
+    from tests.models.random_model import build_random_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="sdserve-throughput-"))
     model = work / "tiny-model"

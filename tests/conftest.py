@@ -26,7 +26,7 @@ OTHER_KEY = "test-key-2"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised SD-architecture pipeline saved in diffusers format."""
-    from sdserve.engine.random_model import build_random_pipeline
+    from tests.models.random_model import build_random_pipeline
 
     path = tmp_path_factory.mktemp("models") / "tiny"
     build_random_pipeline(path, seed=0)
@@ -49,7 +49,7 @@ class FamilyModels:
         self._folder = folder
 
     def __call__(self, family: FamilyName) -> Path:
-        from sdserve.engine.random_model import build_random_family
+        from tests.models.random_model import build_random_family
 
         path = self._folder / family
         if not path.exists():

@@ -1,4 +1,4 @@
-"""Random LoRAs for the tiny SD3 and FLUX models that sdserve.engine.random_flow builds."""
+"""Random LoRAs for the tiny SD3 and FLUX models that tests.models.random_flow builds."""
 
 from __future__ import annotations
 

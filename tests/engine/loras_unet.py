@@ -1,4 +1,4 @@
-"""Random LoRAs for the tiny SDXL pipeline (sdserve/engine/random_unet.py).
+"""Random LoRAs for the tiny SDXL pipeline (tests/models/random_unet.py).
 
 The tiny SD 2.x pipeline has SD 1.x's parts (one CLIPTextModel), so `save_random_lora` in
 helpers.py serves it; SDXL adds a second text encoder, whose adapters need a file of their own.

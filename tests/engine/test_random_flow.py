@@ -18,7 +18,7 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from PIL import Image
 
-from sdserve.engine.random_flow import build_random_flux, build_random_sd3
+from tests.models.random_flow import build_random_flux, build_random_sd3
 
 from .helpers import SIZE, init_image, mean_difference, pixels, square_mask
 from .loras_flow import save_random_flux_lora, save_random_sd3_lora

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdserve.engine import random_model
 from sdserve.engine.pipelines import load_pipelines
-from sdserve.engine.random_model import build_random_pipeline
 from sdserve.registry import ModelSpec
+from tests.models import random_model
+from tests.models.random_model import build_random_pipeline
 
 
 def test_builds_a_loadable_model_atomically(tmp_path: Path) -> None:

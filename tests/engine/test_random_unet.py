@@ -23,7 +23,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from PIL import Image
 from safetensors.torch import load_file
 
-from sdserve.engine.random_unet import build_random_sd2, build_random_sdxl
+from tests.models.random_unet import build_random_sd2, build_random_sdxl
 
 from .helpers import SIZE, init_image, mean_difference, pixels, save_random_lora, square_mask
 from .ldm_checkpoint import save_sd2_checkpoint, save_sdxl_checkpoint

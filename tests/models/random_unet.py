@@ -23,7 +23,7 @@ from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedule
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdserve.demo.architecture import BOS, EOS
-from sdserve.engine.random_model import save_random_pipeline, tiny_vae
+from tests.models.random_model import save_random_pipeline, tiny_vae
 
 _LATENT_CHANNELS = 4
 _SD2_TEXT_WIDTH = 64

@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from sdserve.demo.architecture import BOS, EOS
-from sdserve.engine.random_model import save_random_pipeline, tiny_vae
+from tests.models.random_model import save_random_pipeline, tiny_vae
 
 _LATENT_CHANNELS = 16
 _CLIP_WIDTH = 32

@@ -135,8 +135,8 @@ def _random_pipeline(tokenizer: CLIPTokenizer) -> StableDiffusionPipeline:
 def build_random_family(path: Path, family: FamilyName, seed: int = 0) -> None:
     """Create a tiny random pipeline of `family` in diffusers format at `path`."""
     # Imported here: those modules build on this one's tokenizer and VAE.
-    from sdserve.engine.random_flow import build_random_flux, build_random_sd3
-    from sdserve.engine.random_unet import build_random_sd2, build_random_sdxl
+    from tests.models.random_flow import build_random_flux, build_random_sd3
+    from tests.models.random_unet import build_random_sd2, build_random_sdxl
 
     builders: dict[FamilyName, Callable[[Path, int], None]] = {
         "sd1": build_random_pipeline,
