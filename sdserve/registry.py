@@ -10,14 +10,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from sdserve.canonical import SchedulerName
-from sdserve.demo import (
-    DEMO_GUIDANCE,
-    DEMO_GUIDANCE_CUTOFF,
-    DEMO_MODEL_DIR,
-    DEMO_SIZE,
-    DEMO_STEPS,
-    NATIVE_SIZE,
-)
 from sdserve.detect import UnservedModel, detect_model
 from sdserve.families import FAMILIES, Family, FamilyName
 from sdserve.samplers import Scheduler
@@ -25,6 +17,22 @@ from sdserve.samplers import Scheduler
 DEFAULT_MODEL = "default"
 DEFAULT_ALIASES = ("stable-diffusion-v1", "stabilityai/stable-diffusion-2-1")
 """Names the hosted APIs' own examples use; they answer with the default model."""
+
+# The built-in demo model (sdserve.demo trains and scores it): the default when none is
+# configured. Its serving defaults live here, with the default spec they make.
+DEMO_MODEL_DIR = Path(__file__).parent / "demo" / "model"
+"""The trained model, in diffusers format, shipped inside the package."""
+NATIVE_SIZE = 64
+"""The size the demo model draws at; larger requests get its image upscaled."""
+DEMO_GUIDANCE = 3.0
+"""Its default guidance scale: it follows prompts best at 2-3 and falls apart above about 4."""
+DEMO_SIZE = 512
+"""Its default width and height: what clients of the hosted APIs expect (it draws at 64)."""
+DEMO_STEPS = 25
+"""Its default denoising steps: more change nothing visible in its 64x64 drawings."""
+DEMO_GUIDANCE_CUTOFF = 0.4
+"""Guidance stops after 40% of the steps: the hosted APIs' usual 7.5 then follows prompts as 3
+does (guidance late in sampling is what breaks its colours; see the README's evaluation)."""
 
 SourceKind = Literal["folder", "single_file", "hub"]
 

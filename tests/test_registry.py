@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sdserve.demo import DEMO_MODEL_DIR
 from sdserve.detect import UnservedModel
-from sdserve.registry import load_registry
+from sdserve.registry import DEMO_MODEL_DIR, load_registry
 
 SD1_KEY = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
 

@@ -17,12 +17,11 @@ from typing import Annotated
 import typer
 
 from sdserve.canonical import GenerationRequest
-from sdserve.demo import DEMO_GUIDANCE, NATIVE_SIZE
 from sdserve.demo.scenes import Scene, sample_scene
 from sdserve.demo.score import read
 from sdserve.engine.generate import EngineOptions, generate
 from sdserve.engine.pipelines import PipelineSet, load_pipelines
-from sdserve.registry import DEFAULT_MODEL, load_registry
+from sdserve.registry import DEFAULT_MODEL, DEMO_GUIDANCE, NATIVE_SIZE, load_registry
 
 EVALUATION_SEED = 20261122
 """Training draws from seeds near 0; these scenes and image seeds are new to the model."""

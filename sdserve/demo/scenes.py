@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
 
-from sdserve.demo import NATIVE_SIZE
+from sdserve.registry import NATIVE_SIZE
 
 CANVAS = NATIVE_SIZE
 """The side of a scene in pixels."""

@@ -23,8 +23,9 @@ import typer
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from diffusers.training_utils import EMAModel
 
-from sdserve.demo import DEMO_MODEL_DIR, architecture
+from sdserve.demo import architecture
 from sdserve.demo.scenes import render, sample_scene, training_example
+from sdserve.registry import DEMO_MODEL_DIR
 
 log = logging.getLogger("sdserve.demo.train")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdserve.demo import DEMO_GUIDANCE
 from sdserve.demo.grid import CELL, PROMPTS, draw, grid
+from sdserve.registry import DEMO_GUIDANCE
 from tests.conftest import API_KEY
 from tests.helpers import ServerProcess, running_server
 

@@ -11,11 +11,10 @@ import pytest
 from PIL import Image
 
 from sdserve.canonical import SCHEDULER_NAMES, GenerationRequest
-from sdserve.demo import DEMO_GUIDANCE, DEMO_MODEL_DIR
 from sdserve.demo.evaluate import fresh_scenes, score
 from sdserve.engine.generate import generate, working_size
 from sdserve.engine.pipelines import PipelineSet, load_pipelines
-from sdserve.registry import DEFAULT_MODEL, load_registry
+from sdserve.registry import DEFAULT_MODEL, DEMO_GUIDANCE, DEMO_MODEL_DIR, load_registry
 from tests.engine.helpers import ignore_steps, init_image, make_request, pixels, square_mask
 
 MODES = ("txt2img", "img2img", "inpaint")
