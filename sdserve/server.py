@@ -25,7 +25,7 @@ from sdserve.jobs.service import JobService
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import load_registry
 from sdserve.settings import Settings
-from sdserve.storage.base import open_image_store
+from sdserve.storage.factory import open_image_store
 from sdserve.storage.signing import UrlSigner, load_secret
 from sdserve.sweeper import run_sweeper
 from sdserve.webhooks import run_webhooks

@@ -1,8 +1,7 @@
-"""What every image store offers, and how the `--storage` setting picks one."""
+"""What every image store offers; `factory.open_image_store` picks one from `--storage`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 
@@ -29,17 +28,3 @@ class ImageStore(Protocol):
 
 def image_key(job_id: str, index: int) -> str:
     return f"{job_id}/{index}.png"
-
-
-def open_image_store(storage: str | None, images_dir: Path) -> ImageStore:
-    """The store a `--storage` value names: `s3://bucket[/prefix]?endpoint_url=...&region=...`,
-    or None for the local folder `images_dir`."""
-    from sdserve.storage.local import LocalImageStore
-
-    if storage is None:
-        return LocalImageStore(images_dir)
-    from sdserve.storage.s3 import S3ImageStore
-
-    store = S3ImageStore.from_url(storage)
-    store.ensure_bucket()  # fail at start, not at the first image, when it cannot be reached
-    return store

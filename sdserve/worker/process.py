@@ -20,7 +20,7 @@ from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.store import JobStore
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import Settings
-from sdserve.storage.base import open_image_store
+from sdserve.storage.factory import open_image_store
 from sdserve.worker.runner import Generate, JobRunner
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import boto3  # type: ignore[import-untyped]
 import httpx
 import pytest
 
-from sdserve.storage.base import open_image_store
+from sdserve.storage.factory import open_image_store
 from sdserve.storage.s3 import MAX_PRESIGN_S, S3ImageStore
 from tests.s3server import moto_s3_server, s3_env
 
