@@ -21,6 +21,7 @@ from sdserve.api.errors import install_error_handlers, renderer_for
 from sdserve.api.limits import MB, BodyLimitMiddleware
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.models import Job
+from sdserve.jobs.requests import InputLimits
 from sdserve.jobs.service import JobService
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import load_registry
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         wake_workers=supervisor.wake,
         max_queue=settings.max_queue,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        limits=InputLimits(settings.fetch_timeout_s, settings.fetch_max_bytes, settings.loras_dir),
     )
     images = open_image_store(settings.storage, settings.images_dir)
     ctx = ApiContext(

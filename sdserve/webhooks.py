@@ -39,7 +39,9 @@ async def deliver(
         await asyncio.to_thread(store.webhook_attempted, delivery.id, False, None)
         return
     try:
-        response = await client.post(delivery.url, json=render(job))
+        # Off the event loop: a payload with base64 images reads them from their store.
+        payload = await asyncio.to_thread(render, job)
+        response = await client.post(delivery.url, json=payload)
         delivered = response.is_success
         reason = f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:

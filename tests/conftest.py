@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -89,22 +90,40 @@ def shared_env(
     }
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql+s3"])
-def backend_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+BACKENDS = ["sqlite", "postgresql+s3"]
+"""The two deployments every contract test runs on: embedded, and shared (PostgreSQL, S3)."""
+
+
+@contextmanager
+def backend_running_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    args: list[str],
+    env: dict[str, str],
 ) -> Iterator[ServerProcess]:
-    """Like `server`, once embedded (SQLite, local images) and once shared (PostgreSQL, S3)."""
+    """A server on the backend `request.param` names (one of BACKENDS)."""
     data_dir = tmp_path_factory.mktemp("data")
-    env = {"SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}", "SDSERVE_SWEEP_INTERVAL_S": "0.5"}
     if request.param == "sqlite":
-        with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
+        with running_server(data_dir, args, env) as srv:
             yield srv
         return
     s3_endpoint = request.getfixturevalue("s3_endpoint")
     with fresh_database() as database:
-        env.update(shared_env(database, s3_endpoint, "sdserve-test"))
-        with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
+        shared = {**env, **shared_env(database, s3_endpoint, "sdserve-test")}
+        with running_server(data_dir, args, shared) as srv:
             yield srv
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Iterator[ServerProcess]:
+    """Like `server`, once embedded (SQLite, local images) and once shared (PostgreSQL, S3)."""
+    env = {"SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}", "SDSERVE_SWEEP_INTERVAL_S": "0.5"}
+    with backend_running_server(
+        request, tmp_path_factory, ["--model", str(tiny_model)], env
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture

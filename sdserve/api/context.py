@@ -10,7 +10,6 @@ from fastapi import Request
 from sdserve.api.auth import KeyChecker
 from sdserve.canonical import ImageResult
 from sdserve.jobs.models import Job
-from sdserve.jobs.requests import ImageFields
 from sdserve.jobs.service import JobService
 from sdserve.settings import Settings
 from sdserve.storage.base import ImageStore
@@ -24,26 +23,6 @@ class ApiContext:
     keys: KeyChecker
     images: ImageStore
     signer: UrlSigner
-
-    def image_fields(
-        self,
-        init_image: str | bytes | None,
-        mask: str | bytes | None,
-        names: tuple[str, str, str, str],
-        *,
-        mask_black_repaints: bool = False,
-        mask_from_alpha: bool = False,
-    ) -> ImageFields:
-        """A request's input images, to be fetched within the server's download limits."""
-        return ImageFields(
-            init_image=init_image,
-            mask=mask,
-            mask_black_repaints=mask_black_repaints,
-            mask_from_alpha=mask_from_alpha,
-            names=names,
-            fetch_timeout_s=self.settings.fetch_timeout_s,
-            fetch_max_bytes=self.settings.fetch_max_bytes,
-        )
 
     def base_url(self, request: Request | None) -> str:
         """Where clients reach this server: the setting, else the address they used."""

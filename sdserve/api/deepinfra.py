@@ -22,10 +22,11 @@ from sdserve.api.deepinfra_protocol import (
 from sdserve.api.dialect import Dialect
 from sdserve.api.limits import MB
 from sdserve.canonical import ImageResult
-from sdserve.jobs.errors import EndpointNotFound, NotFound
-from sdserve.jobs.models import Job, JobPolicy, JobStatus
-from sdserve.jobs.requests import build_request
-from sdserve.registry import ModelSpec
+from sdserve.jobs.errors import NotFound
+from sdserve.jobs.models import Job, JobStatus
+from sdserve.jobs.requests import RequestDraft
+from sdserve.jobs.service import Submission
+from sdserve.registry import ModelRegistry
 
 router = APIRouter(tags=["deepinfra"])
 
@@ -35,16 +36,12 @@ SYNC_WAIT_S = 900.0
 FAILED_STATUS = 500
 """HTTP status of a synchronous answer whose job failed (its message is in `error`)."""
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-_IMAGE_FIELDS = ("image", "mask", "width", "height")
+_FIELDS = {"init_image": "image", "num_outputs": "num_images", "prompt_strength": "strength"}
+"""Canonical names of DeepInfra's fields whose names differ."""
 
 
-def _resolve(caller: Caller, model: str) -> ModelSpec:
-    try:
-        return caller.ctx.service.resolve_endpoint(model)
-    except EndpointNotFound as exc:
-        raise NotFound(
-            f"model {model!r} not found; available: {', '.join(exc.available)}"
-        ) from None
+def _model_not_found(name: str, registry: ModelRegistry) -> NotFound:
+    return NotFound(f"model {name!r} not found; available: {', '.join(registry.names)}")
 
 
 async def _read_fields(request: Request) -> object:
@@ -69,34 +66,19 @@ def _parse(fields: object) -> DeepInfraRequest:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-async def _submit(caller: Caller, spec: ModelSpec, body: DeepInfraRequest) -> Job:
-    ctx = caller.ctx
-    images = ctx.image_fields(body.image, None, _IMAGE_FIELDS)
-    request = await build_request(
-        spec,
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
-        width=body.width,
-        height=body.height,
-        guidance_scale=body.guidance_scale,
-        num_inference_steps=body.num_inference_steps,
-        num_outputs=body.num_images,
-        prompt_strength=body.strength,
-        scheduler=None,  # DeepInfra has no such field: the model's default, as for RunPod
-        seed=body.seed,
-        images=images,
-        scheduler_field="scheduler",
-        use_compel=body.use_compel,
-        lora=body.lora,
-        loras_dir=ctx.settings.loras_dir,
+async def _submit(caller: Caller, model: str, body: DeepInfraRequest) -> Job:
+    # DeepInfra has no scheduler field: the model's default runs, as for RunPod.
+    draft = RequestDraft.from_wire(body, _FIELDS, model=model)
+    how = Submission(
+        owner=caller.owner,
+        dialect=NAME,
+        # The image can be an upload's raw bytes; nothing reads the echo back in this dialect.
+        echo=body.model_dump(mode="json", exclude={"image"}, exclude_unset=True),
+        fields=_FIELDS,
+        webhook=str(body.webhook) if body.webhook else None,
+        unknown_model=_model_not_found,
     )
-    # The image can be an upload's raw bytes; nothing reads the echo back in this dialect.
-    echo = body.model_dump(mode="json", exclude={"image"}, exclude_unset=True)
-    webhook = str(body.webhook) if body.webhook else None
-    submit = ctx.service.submit
-    return await run_in_threadpool(
-        submit, caller.owner, request, echo, JobPolicy(), webhook, dialect=NAME
-    )
+    return await caller.ctx.service.submit(draft, how)
 
 
 def _data_uri(ctx: ApiContext) -> DataUri:
@@ -106,19 +88,13 @@ def _data_uri(ctx: ApiContext) -> DataUri:
     return encode
 
 
-def _price(ctx: ApiContext, job: Job) -> float:
-    spec = ctx.service.registry.resolve(job.endpoint)
-    return spec.price if spec is not None else 0.0
-
-
 @router.post("/v1/inference/{model:path}", response_model=None)
 async def inference(
     model: str, request: Request, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any] | JSONResponse:
     """Generate images; with `webhook`, answer at once and POST the answer there when done."""
-    spec = _resolve(caller, model)
     body = _parse(await _read_fields(request))
-    job = await _submit(caller, spec, body)
+    job = await _submit(caller, model, body)
     if body.webhook is not None:
         return render_queued(job)
     job = await caller.ctx.service.finish_within(caller.owner, job, SYNC_WAIT_S)
@@ -130,7 +106,7 @@ async def inference(
 
 def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
     """The full answer, as a request without a webhook gets it."""
-    return render_answer(job, _data_uri(ctx), _price(ctx, job))
+    return render_answer(job, _data_uri(ctx), ctx.service.price(job.endpoint))
 
 
 DIALECT = Dialect(name=NAME, routers=[(router, "")], render_webhook=render_webhook)

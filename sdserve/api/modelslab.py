@@ -21,11 +21,11 @@ from sdserve.api.modelslab_protocol import (
     render_processing,
     render_success,
 )
-from sdserve.canonical import SchedulerName
-from sdserve.jobs.errors import EndpointNotFound, InvalidInput, JobNotFound
-from sdserve.jobs.models import Job, JobPolicy, JobStatus
-from sdserve.jobs.requests import ImageFields, build_request
-from sdserve.registry import DEFAULT_MODEL, ModelSpec, summary
+from sdserve.jobs.errors import InvalidInput, JobNotFound
+from sdserve.jobs.models import Job, JobStatus
+from sdserve.jobs.requests import RequestDraft
+from sdserve.jobs.service import Submission
+from sdserve.registry import DEFAULT_MODEL, ModelRegistry, summary
 from sdserve.storage.base import image_key
 
 NAME = "modelslab"
@@ -58,7 +58,9 @@ wait a while, and a link only ever serves a file while the job's images exist.""
 UNKNOWN_ETA_S = 5.0
 """The eta given before a job has run a step (nothing to extrapolate from yet)."""
 
-_IMAGE_FIELDS = ("init_image", "mask_image", "width", "height")
+_FIELDS = {"mask": "mask_image", "num_outputs": "samples", "blank_nsfw": "safety_checker",
+           "lora": "lora_model", "lora_scale": "lora_strength"}  # fmt: skip
+"""Canonical names of ModelsLab's fields whose names differ."""
 
 router = APIRouter(tags=["modelslab"])
 
@@ -83,16 +85,12 @@ async def get_key_caller(request: Request) -> Caller:
     return Caller(owner=ctx.keys.owner(key), ctx=ctx, request=request)
 
 
-def _resolve_model(ctx: ApiContext, model_id: str | None) -> ModelSpec:
-    try:
-        return ctx.service.resolve_endpoint(model_id or DEFAULT_MODEL)
-    except EndpointNotFound as exc:
-        models = "; ".join(summary(spec) for spec in ctx.service.registry.models)
-        raise InvalidInput(
-            "model_id",
-            f"no model {model_id!r}; available: {models} (names and aliases:"
-            f" {', '.join(exc.available)})",
-        ) from None
+def _model_not_found(name: str, registry: ModelRegistry) -> InvalidInput:
+    models = "; ".join(summary(spec) for spec in registry.models)
+    return InvalidInput(
+        "model_id",
+        f"no model {name!r}; available: {models} (names and aliases: {', '.join(registry.names)})",
+    )
 
 
 def _require_images(body: ModelsLabRequest, mode: Mode) -> None:
@@ -108,41 +106,16 @@ def enhance(prompt: str, suffix: str) -> str:
     return f"{prompt.rstrip()}, {addition}" if addition else prompt
 
 
-def _images(ctx: ApiContext, body: ModelsLabRequest) -> ImageFields:
-    return ctx.image_fields(body.init_image, body.mask_image, _IMAGE_FIELDS)
-
-
-def _runnable(scheduler: SchedulerName | None, spec: ModelSpec) -> SchedulerName | None:
-    # As with names sdserve does not run, a sampler this model cannot use runs its default:
-    # ModelsLab's clients send their habitual sampler whatever the model.
-    return scheduler if scheduler in spec.rules.family.schedulers else None
-
-
 async def _submit(caller: Caller, body: ModelsLabRequest, api: Api, mode: Mode) -> Job:
-    ctx = caller.ctx
-    spec = _resolve_model(ctx, body.model_id)
     _require_images(body, mode)
-    body.check_dimensions(spec.rules.size)
-    suffix = ctx.settings.enhance_prompt_suffix if body.enhance_prompt else ""
-    request = await build_request(
-        spec,
+    suffix = caller.ctx.settings.enhance_prompt_suffix if body.enhance_prompt else ""
+    draft = RequestDraft.from_wire(
+        body,
+        _FIELDS,
+        model=body.model_id or DEFAULT_MODEL,
         prompt=enhance(body.prompt, suffix),
-        negative_prompt=body.negative_prompt,
-        width=body.width,
-        height=body.height,
-        guidance_scale=body.guidance_scale,
-        num_inference_steps=body.num_inference_steps,
-        num_outputs=body.samples,
         prompt_strength=body.effective_strength,
-        scheduler=_runnable(body.scheduler, spec),
-        seed=body.seed,
-        images=_images(ctx, body),
-        scheduler_field="scheduler",
-        blank_nsfw=body.safety_checker,
-        lora=body.lora_model,
-        lora_scale=body.lora_strength,
-        loras_dir=ctx.settings.loras_dir,
-        lora_field="lora_model",
+        scheduler_fallback=True,
     )
     extra: dict[str, JsonValue] = {
         "api": api,
@@ -151,11 +124,17 @@ async def _submit(caller: Caller, body: ModelsLabRequest, api: Api, mode: Mode) 
     }
     if body.track_id is not None:
         extra["track_id"] = body.track_id
-    echo = body.model_dump(mode="json", exclude_unset=True, exclude={"key"})
-    webhook = str(body.webhook) if body.webhook else None
-    return await run_in_threadpool(
-        ctx.service.submit, caller.owner, request, echo, JobPolicy(), webhook, NAME, extra
+    how = Submission(
+        owner=caller.owner,
+        dialect=NAME,
+        echo=body.model_dump(mode="json", exclude_unset=True, exclude={"key"}),
+        fields=_FIELDS,
+        webhook=str(body.webhook) if body.webhook else None,
+        extra=extra,
+        unknown_model=_model_not_found,
+        model_rules=lambda spec: body.check_dimensions(spec.rules.size),
     )
+    return await caller.ctx.service.submit(draft, how)
 
 
 def estimate_eta(job: Job, now: float) -> float:
@@ -196,6 +175,12 @@ def render_answer(ctx: ApiContext, job: Job, base_url: str) -> dict[str, Any]:
     return render_processing(job, eta, _fetch_url(job, base_url), _future_links(ctx, job, base_url))
 
 
+async def _answer(caller: Caller, job: Job) -> dict[str, Any]:
+    # Off the event loop: base64 answers read the images from their store.
+    base_url = caller.ctx.base_url(caller.request)
+    return await run_in_threadpool(render_answer, caller.ctx, job, base_url)
+
+
 def _generation_route(api: Api, mode: Mode) -> Callable[..., Awaitable[dict[str, Any]]]:
     async def generate(
         body: ModelsLabRequest, caller: Caller = Depends(get_key_caller)
@@ -204,7 +189,7 @@ def _generation_route(api: Api, mode: Mode) -> Callable[..., Awaitable[dict[str,
         job = await caller.ctx.service.wait_for(
             caller.owner, job, caller.ctx.settings.modelslab_wait_s
         )
-        return render_answer(caller.ctx, job, caller.ctx.base_url(caller.request))
+        return await _answer(caller, job)
 
     generate.__doc__ = (
         f"Generate images ({mode}); answers `success` when done within the wait,"
@@ -222,7 +207,7 @@ async def _fetch(caller: Caller, number: int | None, field: str) -> dict[str, An
         job = None
     if job is None or job.dialect != NAME:
         raise InvalidInput(field, f"no request {number} (unknown, expired, or another key's)")
-    return render_answer(caller.ctx, job, caller.ctx.base_url(caller.request))
+    return await _answer(caller, job)
 
 
 async def fetch_by_path(

@@ -22,9 +22,10 @@ from sdserve.api.openai_protocol import (
 )
 from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import JobError, NotFound
-from sdserve.jobs.models import Job, JobPolicy, JobStatus
-from sdserve.jobs.requests import ImageFields, build_request
-from sdserve.registry import ModelSpec
+from sdserve.jobs.models import Job, JobStatus
+from sdserve.jobs.requests import RequestDraft
+from sdserve.jobs.service import Submission
+from sdserve.registry import ModelRegistry
 
 router = APIRouter(tags=["openai"])
 
@@ -32,7 +33,8 @@ NAME = "openai"
 SYNC_WAIT_S = 540.0
 """Longest a call waits for its images, queue included, before the job is cancelled and the
 call answers 504: under the openai SDK's 600 s timeout, so the client hears why."""
-_IMAGE_FIELDS = ("image", "mask", "size", "size")
+_FIELDS = {"init_image": "image", "num_outputs": "n", "width": "size", "height": "size"}
+"""Canonical names of OpenAI's fields whose names differ."""
 _STARTED = int(time.time())
 """`created` of every model in /v1/models: when this server started."""
 
@@ -45,6 +47,10 @@ class ModelNotFound(NotFound):
     def __init__(self, name: str, available: list[str]) -> None:
         super().__init__(f"model {name!r} not found; available: {', '.join(available)}")
 
+    @classmethod
+    def of(cls, name: str, registry: ModelRegistry) -> ModelNotFound:
+        return cls(name, registry.names)
+
 
 class GenerationFailed(JobError):
     """The job ended without images (FAILED, or cancelled by its owner through another API)."""
@@ -53,39 +59,17 @@ class GenerationFailed(JobError):
     code = "generation_failed"
 
 
-def _resolve(caller: Caller, name: str) -> ModelSpec:
-    registry = caller.ctx.service.registry
-    spec = registry.resolve(name)
-    if spec is None:
-        raise ModelNotFound(name, registry.names)
-    return spec
-
-
-async def _submit(
-    caller: Caller, body: ImageOptions, images: ImageFields, prompt_strength: float
-) -> Job:
-    spec = _resolve(caller, body.model)
+async def _submit(caller: Caller, body: ImageOptions, **given: object) -> Job:
     width, height = body.dimensions
-    request = await build_request(
-        spec,
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
-        width=width,
-        height=height,
-        guidance_scale=body.guidance_scale,
-        num_inference_steps=body.num_inference_steps,
-        num_outputs=body.n,
-        prompt_strength=prompt_strength,
-        scheduler=body.scheduler,
-        seed=body.seed,
-        images=images,
-        scheduler_field="scheduler",
+    draft = RequestDraft.from_wire(body, _FIELDS, width=width, height=height, **given)
+    how = Submission(
+        owner=caller.owner,
+        dialect=NAME,
+        echo=body.model_dump(mode="json", exclude={"image", "mask"}, exclude_unset=True),
+        fields=_FIELDS,
+        unknown_model=ModelNotFound.of,
     )
-    echo = body.model_dump(mode="json", exclude={"image", "mask"}, exclude_unset=True)
-    submit = caller.ctx.service.submit
-    return await run_in_threadpool(
-        submit, caller.owner, request, echo, JobPolicy(), None, dialect=NAME
-    )
+    return await caller.ctx.service.submit(draft, how)
 
 
 def _image_data(caller: Caller, job: Job, response_format: ResponseFormat) -> ImageData:
@@ -111,17 +95,13 @@ async def _answer(caller: Caller, job: Job, response_format: ResponseFormat) -> 
     return await run_in_threadpool(render_images, job, image_data)
 
 
-def _images(caller: Caller, image: bytes | None, mask: bytes | None) -> ImageFields:
-    return caller.ctx.image_fields(image, mask, _IMAGE_FIELDS, mask_from_alpha=True)
-
-
 @router.post("/v1/images/generations")
 async def create_image(
     body: ImageGenerationRequest, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
     """Generate `n` images from a prompt; answers when they are ready."""
     # prompt_strength only matters with an input image; txt2img ignores it.
-    job = await _submit(caller, body, _images(caller, None, None), prompt_strength=1.0)
+    job = await _submit(caller, body, prompt_strength=1.0)
     return await _answer(caller, job, body.response_format)
 
 
@@ -132,17 +112,23 @@ async def edit_image(
     """Repaint an image where its mask is transparent (the whole image without a mask)."""
     image = await form.image.read()
     mask = await form.mask.read() if form.mask is not None else None
-    job = await _submit(caller, form, _images(caller, image, mask), form.strength)
+    job = await _submit(
+        caller,
+        form,
+        init_image=image,
+        mask=mask,
+        mask_convention="alpha",
+        prompt_strength=form.strength,
+    )
     return await _answer(caller, job, form.response_format)
 
 
 @router.get("/v1/models")
 def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Every model name and alias images can be asked of."""
-    registry = caller.ctx.service.registry
     data = [
         render_model(name, spec, _STARTED)
-        for spec in registry.models
+        for spec in caller.ctx.service.models()
         for name in (spec.name, *spec.aliases)
     ]
     return {"object": "list", "data": data}
@@ -151,7 +137,8 @@ def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
 @router.get("/v1/models/{model:path}")
 def retrieve_model(model: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """One model name or alias (404 naming those that exist)."""
-    return render_model(model, _resolve(caller, model), _STARTED)
+    spec = caller.ctx.service.resolve_endpoint(model, ModelNotFound.of)
+    return render_model(model, spec, _STARTED)
 
 
 DIALECT = Dialect(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
@@ -17,7 +16,8 @@ from sdserve.api.runpod_protocol import (
     render_status,
 )
 from sdserve.jobs.models import Job, JobPolicy
-from sdserve.jobs.requests import build_request
+from sdserve.jobs.requests import RequestDraft, prefixed
+from sdserve.jobs.service import Submission
 from sdserve.registry import describe
 
 router = APIRouter(tags=["runpod"])
@@ -25,39 +25,28 @@ router = APIRouter(tags=["runpod"])
 PREFIXES = ("/v1", "/v2")
 """The seed's form and RunPod's current one (the SDK's); the server mounts the router at both."""
 _PREFIX = "/{endpoint:path}"
-_IMAGE_FIELDS = ("input.init_image", "input.mask", "input.width", "input.height")
+_FIELDS = prefixed("input.")
+DIALECT_NAME = "runpod"
 
 
 async def _submit(caller: Caller, endpoint: str, body: RunPodRequest) -> Job:
-    ctx = caller.ctx
-    spec = ctx.service.resolve_endpoint(endpoint)
     given = body.input
-    images = ctx.image_fields(given.init_image, given.mask, _IMAGE_FIELDS, mask_black_repaints=True)
-    request = await build_request(
-        spec,
-        prompt=given.prompt,
-        negative_prompt=given.negative_prompt,
-        width=given.width,
-        height=given.height,
-        guidance_scale=given.guidance_scale,
-        num_inference_steps=given.num_inference_steps,
-        num_outputs=given.num_outputs,
-        prompt_strength=given.prompt_strength,
-        scheduler=given.scheduler,
-        seed=given.seed,
-        images=images,
-        scheduler_field="input.scheduler",
-        prefix="input.",
-    )
+    # The input's fields are canonical ones; its masks repaint black (the RunPod worker's).
+    draft = RequestDraft(model=endpoint, mask_convention="black", **given.model_dump())
     policy = JobPolicy(
         execution_timeout_ms=body.policy.executionTimeout,
         ttl_ms=body.policy.ttl,
         low_priority=body.policy.lowPriority,
     )
-    webhook = str(body.webhook) if body.webhook else None
-    echo = given.model_dump(mode="json", exclude_unset=True)
-    submit = ctx.service.submit
-    return await run_in_threadpool(submit, caller.owner, request, echo, policy, webhook)
+    how = Submission(
+        owner=caller.owner,
+        dialect=DIALECT_NAME,
+        echo=given.model_dump(mode="json", exclude_unset=True),
+        fields=_FIELDS,
+        policy=policy,
+        webhook=str(body.webhook) if body.webhook else None,
+    )
+    return await caller.ctx.service.submit(draft, how)
 
 
 def _status(caller: Caller, job: Job) -> dict[str, Any]:
@@ -160,7 +149,7 @@ def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
 
 
 DIALECT = Dialect(
-    name="runpod",
+    name=DIALECT_NAME,
     routers=[(router, prefix) for prefix in PREFIXES],
     render_webhook=render_webhook,
 )

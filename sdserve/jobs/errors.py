@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdserve.registry import ModelRegistry
+
 
 class JobError(Exception):
     """Base of errors meant for the client; `status_code` is the HTTP status to answer."""
@@ -39,6 +44,11 @@ class EndpointNotFound(NotFound):
     def __init__(self, name: str, available: list[str]) -> None:
         super().__init__(f"endpoint {name!r} not found; available: {', '.join(available)}")
         self.available = available
+
+    @classmethod
+    def of(cls, name: str, registry: ModelRegistry) -> EndpointNotFound:
+        """The error for a name `registry` lacks, listing the names it has."""
+        return cls(name, registry.names)
 
 
 class Conflict(JobError):

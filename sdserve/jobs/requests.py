@@ -1,9 +1,15 @@
-"""Rules every dialect's request obeys, applied once: sizes, images, seeds."""
+"""Rules every dialect's request obeys, applied once: a dialect's draft, checked against its
+model and with its images loaded, becomes the canonical request."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from sdserve.canonical import GenerationRequest, SchedulerName
 from sdserve.jobs.errors import InvalidInput
@@ -43,123 +49,158 @@ def check_scheduler(field: str, scheduler: SchedulerName, spec: ModelSpec, init:
         )
 
 
-def _check_family(spec: ModelSpec, negative_prompt: str, use_compel: bool, prefix: str) -> None:
+def _check_family(spec: ModelSpec, draft: RequestDraft, fields: FieldNames) -> None:
     family = spec.rules.family
-    if negative_prompt.strip() and not family.negative_prompt:
+    if draft.negative_prompt.strip() and not family.negative_prompt:
         raise InvalidInput(
-            f"{prefix}negative_prompt",
+            _named(fields, "negative_prompt"),
             f"model {spec.name} ({family.title}) has no negative prompt: its guidance is"
             " distilled into the model, so there is no unconditional pass to steer; leave it"
             " empty",
         )
-    if use_compel and not family.compel:
+    if draft.use_compel and not family.compel:
         raise InvalidInput(
-            f"{prefix}use_compel",
+            _named(fields, "use_compel"),
             f"compel cannot weight prompts of model {spec.name} ({family.title}): compel"
             " weights CLIP text encoders, and this model's prompts go through T5 as well",
         )
 
 
-async def build_request(
-    spec: ModelSpec,
-    *,
-    prompt: str,
-    negative_prompt: str,
-    width: int | None,
-    height: int | None,
-    guidance_scale: float | None,
-    num_inference_steps: int | None,
-    num_outputs: int,
-    prompt_strength: float,
-    scheduler: SchedulerName | None,
-    seed: int | None,
-    images: ImageFields,
-    scheduler_field: str,
-    use_compel: bool = False,
-    lora: str | None = None,
-    lora_scale: float = 1.0,
-    blank_nsfw: bool = False,
-    loras_dir: Path | None = None,
-    lora_field: str = "lora",
-    prefix: str = "",
-) -> GenerationRequest:
-    """Validate the model-dependent rules and load input images into a canonical request.
+MaskConvention = Literal["white", "black", "alpha"]
+"""Which mask pixels are repainted: white ones (diffusers', ModelsLab's), black ones (the
+RunPod worker's), or fully transparent ones (OpenAI's, read from the alpha channel)."""
 
-    A field left out (None) gets the model's default. `loras_dir` is the server's LoRA folder
-    (`Settings.loras_dir`): a `lora` not installed there is refused as `lora_field`. Without it
-    the worker refuses the job instead, as FAILED. `prefix` leads the names of the fields this
-    checks (RunPod's `input.`).
-    """
+FieldNames = Mapping[str, str]
+"""Canonical field name -> the name the client sent it under (`{"width": "input.width"}`),
+so an error names the field as the client knows it; a name not in the map is unchanged."""
+
+
+class RequestDraft(BaseModel):
+    """A request as a dialect read it, in canonical names; None takes the model's default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    """An endpoint name or alias of the registry."""
+    prompt: str
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    guidance_scale: float | None = None
+    num_inference_steps: int | None = None
+    num_outputs: int = 1
+    prompt_strength: float = 0.8
+    scheduler: SchedulerName | None = None
+    scheduler_fallback: bool = False
+    """A sampler the model cannot run runs its default instead of being refused (ModelsLab's
+    clients send their habitual sampler whatever the model)."""
+    seed: int | None = None
+    use_compel: bool = False
+    lora: str | None = None
+    lora_scale: float = 1.0
+    blank_nsfw: bool = False
+    init_image: str | bytes | None = None
+    """An http(s) URL, a data URI, base64 text or raw bytes; fetched at submission."""
+    mask: str | bytes | None = None
+    mask_convention: MaskConvention = "white"
+
+    @classmethod
+    def from_wire(cls, wire: BaseModel, fields: FieldNames, **given: object) -> RequestDraft:
+        """The canonical fields a wire body has, each under the client's name for it (`fields`,
+        else its own); `given` sets the others and overrides."""
+        names = type(wire).model_fields
+        read = {
+            name: getattr(wire, _named(fields, name))
+            for name in cls.model_fields
+            if _named(fields, name) in names
+        }
+        return cls.model_validate({**read, **given})
+
+
+def prefixed(prefix: str) -> dict[str, str]:
+    """Field names for a dialect that nests every field (RunPod's `input.`)."""
+    return {name: prefix + name for name in RequestDraft.model_fields}
+
+
+def _named(fields: FieldNames, name: str) -> str:
+    return fields.get(name, name)
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the server allows a request's inputs (from `Settings`)."""
+
+    fetch_timeout_s: float
+    fetch_max_bytes: int
+    loras_dir: Path | None = None
+    """The server's LoRA folder: a `lora` not installed there is refused. None: the worker
+    refuses the job instead, as FAILED."""
+
+
+async def build_request(
+    spec: ModelSpec, draft: RequestDraft, fields: FieldNames, limits: InputLimits
+) -> GenerationRequest:
+    """Validate the model-dependent rules and load input images into a canonical request."""
     rules = spec.rules
-    width = rules.size if width is None else width
-    height = rules.size if height is None else height
-    scheduler = rules.scheduler if scheduler is None else scheduler
-    check_size(images.width_field, width, spec)
-    check_size(images.height_field, height, spec)
-    check_scheduler(scheduler_field, scheduler, spec, bool(images.init_image))
-    _check_family(spec, negative_prompt, use_compel, prefix)
-    if lora is not None and loras_dir is not None:
+    width = rules.size if draft.width is None else draft.width
+    height = rules.size if draft.height is None else draft.height
+    scheduler = draft.scheduler
+    if scheduler is None or (draft.scheduler_fallback and scheduler not in rules.family.schedulers):
+        scheduler = rules.scheduler
+    check_size(_named(fields, "width"), width, spec)
+    check_size(_named(fields, "height"), height, spec)
+    check_scheduler(_named(fields, "scheduler"), scheduler, spec, bool(draft.init_image))
+    _check_family(spec, draft, fields)
+    if draft.lora is not None and limits.loras_dir is not None:
         try:
-            find_lora(loras_dir, lora)
+            find_lora(limits.loras_dir, draft.lora)
         except UnknownLora as error:
-            raise InvalidInput(lora_field, str(error)) from None
-    init_png, mask_png = await images.load(width, height)
+            raise InvalidInput(_named(fields, "lora"), str(error)) from None
+    init_png, mask_png = await _load_images(draft, fields, limits, width, height)
     return GenerationRequest(
         model=spec.name,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
+        prompt=draft.prompt,
+        negative_prompt=draft.negative_prompt,
         width=width,
         height=height,
         init_image=init_png,
         mask=mask_png,
-        guidance_scale=rules.guidance_scale if guidance_scale is None else guidance_scale,
-        num_inference_steps=rules.steps if num_inference_steps is None else num_inference_steps,
-        num_outputs=num_outputs,
-        prompt_strength=prompt_strength,
+        guidance_scale=rules.guidance_scale
+        if draft.guidance_scale is None
+        else draft.guidance_scale,
+        num_inference_steps=rules.steps
+        if draft.num_inference_steps is None
+        else draft.num_inference_steps,
+        num_outputs=draft.num_outputs,
+        prompt_strength=draft.prompt_strength,
         scheduler=scheduler,
-        seed=secrets.randbelow(RANDOM_SEED_BOUND) if seed is None else seed,
-        use_compel=use_compel,
-        lora=lora,
-        lora_scale=lora_scale,
-        blank_nsfw=blank_nsfw,
+        seed=secrets.randbelow(RANDOM_SEED_BOUND) if draft.seed is None else draft.seed,
+        use_compel=draft.use_compel,
+        lora=draft.lora,
+        lora_scale=draft.lora_scale,
+        blank_nsfw=draft.blank_nsfw,
     )
 
 
-class ImageFields:
-    """The input images of one request, with the dialect's names for its fields."""
-
-    def __init__(
-        self,
-        *,
-        init_image: str | bytes | None,
-        mask: str | bytes | None,
-        mask_black_repaints: bool,
-        names: tuple[str, str, str, str],
-        fetch_timeout_s: float,
-        fetch_max_bytes: int,
-        mask_from_alpha: bool = False,
-    ) -> None:
-        self.init_image = init_image
-        self.mask = mask
-        self.mask_black_repaints = mask_black_repaints
-        self.init_field, self.mask_field, self.width_field, self.height_field = names
-        self._timeout_s = fetch_timeout_s
-        self._max_bytes = fetch_max_bytes
-        self.mask_from_alpha = mask_from_alpha
-        """Read the mask's alpha channel instead: fully transparent pixels are repainted."""
-
-    async def load(self, width: int, height: int) -> tuple[bytes | None, bytes | None]:
-        if self.mask and not self.init_image:
-            raise InvalidInput(self.mask_field, f"needs {self.init_field} to paint into")
-        init_png = mask_png = None
-        if self.init_image:
-            image = await read_image(
-                self.init_field, self.init_image, self._timeout_s, self._max_bytes
-            )
-            init_png = prepare_init_image(image, width, height)
-        if self.mask:
-            mask = await read_image(self.mask_field, self.mask, self._timeout_s, self._max_bytes)
-            if self.mask_from_alpha:
-                mask = alpha_mask(self.mask_field, mask)
-            mask_png = prepare_mask(mask, width, height, invert=self.mask_black_repaints)
-        return init_png, mask_png
+async def _load_images(
+    draft: RequestDraft, fields: FieldNames, limits: InputLimits, width: int, height: int
+) -> tuple[bytes | None, bytes | None]:
+    """The init image and mask as PNGs of the request's size (diffusers' mask convention)."""
+    init_field, mask_field = _named(fields, "init_image"), _named(fields, "mask")
+    if draft.mask and not draft.init_image:
+        raise InvalidInput(mask_field, f"needs {init_field} to paint into")
+    init_png = mask_png = None
+    if draft.init_image:
+        image = await read_image(
+            init_field, draft.init_image, limits.fetch_timeout_s, limits.fetch_max_bytes
+        )
+        init_png = prepare_init_image(image, width, height)
+    if draft.mask:
+        mask = await read_image(
+            mask_field, draft.mask, limits.fetch_timeout_s, limits.fetch_max_bytes
+        )
+        if draft.mask_convention == "alpha":
+            mask = alpha_mask(mask_field, mask)
+        invert = draft.mask_convention == "black"
+        mask_png = prepare_mask(mask, width, height, invert=invert)
+    return init_png, mask_png

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
@@ -13,14 +14,37 @@ from sdserve.canonical import GenerationRequest
 from sdserve.jobs.errors import (
     Conflict,
     EndpointNotFound,
+    JobError,
     JobNotFound,
     QueueFull,
     ResultTimeout,
 )
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
+from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
 from sdserve.jobs.store import JobStore, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import ModelRegistry, ModelSpec
+
+UnknownModel = Callable[[str, ModelRegistry], JobError]
+"""How a dialect refuses a model name the registry lacks (given the name and the registry)."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Who submits a draft through which dialect, and what to keep with the job."""
+
+    owner: str
+    dialect: str
+    """Stored with the job (`Job.dialect`): its webhook takes this dialect's shape."""
+    echo: dict[str, JsonValue]
+    """The input as the client sent it, to answer with later (RunPod's /status `input`)."""
+    fields: FieldNames = field(default_factory=dict)
+    policy: JobPolicy = field(default_factory=JobPolicy)
+    webhook: str | None = None
+    extra: dict[str, JsonValue] = field(default_factory=dict)
+    unknown_model: UnknownModel = EndpointNotFound.of
+    model_rules: Callable[[ModelSpec], None] | None = None
+    """The dialect's own rules that depend on the model (ModelsLab's size limits)."""
 
 
 class JobService:
@@ -35,44 +59,56 @@ class JobService:
         wake_workers: Callable[[], None],
         max_queue: int,
         heartbeat_timeout_s: float,
+        limits: InputLimits,
     ) -> None:
         self.store = store
         self.registry = registry
+        self._limits = limits
         self._wake_workers = wake_workers
         self._max_queue = max_queue
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._watcher = watcher
 
-    def resolve_endpoint(self, name: str) -> ModelSpec:
+    def resolve_endpoint(self, name: str, unknown: UnknownModel = EndpointNotFound.of) -> ModelSpec:
+        """The model an endpoint name or alias serves; `unknown` says how a dialect refuses
+        a name the registry lacks."""
         spec = self.registry.resolve(name)
         if spec is None:
-            raise EndpointNotFound(name, self.registry.names)
+            raise unknown(name, self.registry)
         return spec
 
-    def submit(
-        self,
-        owner: str,
-        request: GenerationRequest,
-        input: dict[str, JsonValue],
-        policy: JobPolicy,
-        webhook: str | None,
-        dialect: str = "runpod",
-        extra: dict[str, JsonValue] | None = None,
-    ) -> Job:
-        """Queue a job for `request.model` and wake a worker."""
+    def models(self) -> list[ModelSpec]:
+        """Every model served, each once."""
+        return self.registry.models
+
+    def price(self, endpoint: str) -> float:
+        """What one image of this endpoint costs (0 for a model no longer served)."""
+        spec = self.registry.resolve(endpoint)
+        return spec.price if spec is not None else 0.0
+
+    async def submit(self, draft: RequestDraft, how: Submission) -> Job:
+        """Resolve the draft's model, check the draft against it, load its images and queue
+        the job; a worker is woken."""
+        spec = self.resolve_endpoint(draft.model, how.unknown_model)
+        if how.model_rules is not None:
+            how.model_rules(spec)
+        request = await build_request(spec, draft, how.fields, self._limits)
+        return await asyncio.to_thread(self._queue, request, how)
+
+    def _queue(self, request: GenerationRequest, how: Submission) -> Job:
         if self.store.queued(request.model) >= self._max_queue:
             raise QueueFull(request.model, retry_after_s=5)
         job = Job(
             id=str(uuid.uuid4()),
-            owner=owner,
+            owner=how.owner,
             endpoint=request.model,
             request=request,
-            input=input,
-            policy=policy,
-            webhook=webhook,
+            input=how.echo,
+            policy=how.policy,
+            webhook=how.webhook,
             created_at=time.time(),
-            dialect=dialect,
-            extra=extra or {},
+            dialect=how.dialect,
+            extra=how.extra,
         )
         job = job.model_copy(update={"number": self.store.create(job)})
         self._wake_workers()
@@ -96,7 +132,7 @@ class JobService:
     async def wait_for(self, owner: str, job: Job, timeout_s: float) -> Job:
         """The caller's job once final, or as it stands after `timeout_s`."""
         await self._watcher.wait(job.id, timeout_s)
-        current = self.store.get(job.id)
+        current = await asyncio.to_thread(self.store.get, job.id)
         if current is None or current.owner != owner:
             raise JobNotFound(job.id)
         return current

@@ -28,6 +28,12 @@ MODEL = "/v1/inference/stabilityai/stable-diffusion-2-1"
 PRICE = 0.0025
 
 
+@pytest.fixture(scope="module")
+def server(backend_server: ServerProcess) -> ServerProcess:
+    """Every test on `server` runs on both backends: embedded SQLite, and PostgreSQL with S3."""
+    return backend_server
+
+
 @pytest.fixture
 def di(server: ServerProcess) -> Iterator[httpx.Client]:
     """A client as DeepInfra's docs write it: `Authorization: bearer <token>`, lower case."""
