@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sdserve.canonical import GenerationRequest, ImageResult
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 
+
 def job_from_row(row: Mapping[Any, Any]) -> Job:
     """A job from a row of `sdserve_jobs`, its JSON columns decoded."""
     return Job(
