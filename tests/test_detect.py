@@ -6,8 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -54,9 +55,12 @@ def test_a_single_file_is_read_as_its_family_and_loads_the_same_weights(
     folder = family_models(family)
     from_folder = load_pipelines(ModelSpec(name="f", source=str(folder)), "cpu")
     checkpoint = tmp_path / f"{family}.safetensors"
-    {"sd1": save_ldm_checkpoint, "sd2": save_sd2_checkpoint, "sdxl": save_sdxl_checkpoint}[family](
-        from_folder.txt2img, checkpoint
-    )
+    savers: dict[str, Callable[[Any, Path], None]] = {
+        "sd1": save_ldm_checkpoint,
+        "sd2": save_sd2_checkpoint,
+        "sdxl": save_sdxl_checkpoint,
+    }
+    savers[family](from_folder.txt2img, checkpoint)
 
     spec = ModelSpec(name="s", source=str(checkpoint), config=str(folder)).inspected()
     assert spec.family == family

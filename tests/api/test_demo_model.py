@@ -29,11 +29,11 @@ def _client(server: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=headers, timeout=120)
 
 
-def _blue(p: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+def _blue(p: np.ndarray) -> np.ndarray:
     return (p[..., 2] > 150) & (p[..., 0] < 110) & (p[..., 1] < 150)
 
 
-def _red(p: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+def _red(p: np.ndarray) -> np.ndarray:
     return (p[..., 0] > 150) & (p[..., 1] < 110) & (p[..., 2] < 110)
 
 
@@ -58,7 +58,7 @@ def test_requests_without_guidance_get_the_demo_models_own(demo_client: httpx.Cl
     png = demo_client.get(answer["output"][0]["image"]).content
     parameters = Image.open(io.BytesIO(png)).info["parameters"]
     assert f"CFG scale: {DEMO_GUIDANCE}" in parameters
-    body["input"]["guidance_scale"] = 7.5  # type: ignore[index]
+    body["input"]["guidance_scale"] = 7.5
     answer = demo_client.post("/v2/default/runsync", json=body).json()
     png = demo_client.get(answer["output"][0]["image"]).content
     assert "CFG scale: 7.5" in Image.open(io.BytesIO(png)).info["parameters"]

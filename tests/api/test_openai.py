@@ -234,7 +234,7 @@ def test_queue_full_is_an_openai_rate_limit() -> None:
     error = ApiError(429, "the queue is full", headers={"Retry-After": "5"})
     response = render_error(error)
     assert response.status_code == 429 and response.headers["retry-after"] == "5"
-    assert json.loads(response.body)["error"] == {
+    assert json.loads(bytes(response.body))["error"] == {
         "message": "the queue is full",
         "type": "requests",
         "param": None,

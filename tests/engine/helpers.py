@@ -86,7 +86,7 @@ def save_random_lora(model: Path, folder: Path, name: str, seed: int = 0) -> Pat
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
         StableDiffusionPipeline,
     )
-    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from transformers import CLIPTextModel
 
@@ -102,12 +102,12 @@ def save_random_lora(model: Path, folder: Path, name: str, seed: int = 0) -> Pat
         text_lora = LoraConfig(
             r=4, init_lora_weights=False, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
         )
-        text_encoder = inject_adapter_in_model(text_lora, text_encoder)
+        text_encoder_lora = inject_adapter_in_model(text_lora, text_encoder)
     StableDiffusionPipeline.save_lora_weights(
         save_directory=folder,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(
-            get_peft_model_state_dict(text_encoder)
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),  # type: ignore[no-untyped-call]
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(  # type: ignore[no-untyped-call]
+            get_peft_model_state_dict(text_encoder_lora)
         ),
         weight_name=f"{name}.safetensors",
     )

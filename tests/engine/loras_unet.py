@@ -54,5 +54,7 @@ def _lora(targets: list[str]) -> LoraConfig:
 def _diffusers_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module | torch.Tensor]:
     """The adapters' weights, named as diffusers' LoRA files name them."""
     peft_layers = get_peft_model_state_dict(model)
-    layers: dict[str, torch.nn.Module | torch.Tensor] = convert_state_dict_to_diffusers(peft_layers)
+    layers: dict[str, torch.nn.Module | torch.Tensor] = convert_state_dict_to_diffusers(  # type: ignore[no-untyped-call]
+        peft_layers
+    )
     return layers

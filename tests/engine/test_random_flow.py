@@ -47,7 +47,7 @@ def pipes(models: dict[str, Path]) -> dict[str, Any]:
 
 
 def _load(model: Path) -> Any:
-    pipe = AutoPipelineForText2Image.from_pretrained(str(model))
+    pipe = AutoPipelineForText2Image.from_pretrained(str(model))  # type: ignore[no-untyped-call]
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -49,7 +49,7 @@ def _tiny_safety_checker(flag_everything: bool) -> StableDiffusionSafetyChecker:
 def checked_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model saved with a safety checker and feature extractor, as SD 1.5 ships."""
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
-    pipe.register_modules(
+    pipe.register_modules(  # type: ignore[no-untyped-call]
         safety_checker=_tiny_safety_checker(flag_everything=True),
         feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,12 @@ import torch
 from sdserve.canonical import SCHEDULER_NAMES, SchedulerName
 from sdserve.engine.pipelines import PipelineSet
 from sdserve.engine.schedulers import SCHEDULERS, make_scheduler, supports_init_image
+
+
+def _scheduler(name: SchedulerName, config: Mapping[str, object]) -> Any:
+    """A scheduler as the engine makes it; its attributes are its class's, which diffusers'
+    common base type does not declare."""
+    return make_scheduler(name, config)
 
 
 def test_every_api_scheduler_name_has_a_scheduler() -> None:
@@ -21,15 +28,15 @@ def test_every_api_scheduler_name_has_a_scheduler() -> None:
 def test_each_call_makes_a_fresh_scheduler_of_the_named_kind(
     pipes: PipelineSet, name: SchedulerName
 ) -> None:
-    first = make_scheduler(name, pipes.scheduler_config)
-    second = make_scheduler(name, pipes.scheduler_config)
+    first = _scheduler(name, pipes.scheduler_config)
+    second = _scheduler(name, pipes.scheduler_config)
 
     assert type(first) is SCHEDULERS[name]
     assert first is not second
 
 
 def test_schedulers_keep_the_models_training_schedule(pipes: PipelineSet) -> None:
-    scheduler = make_scheduler("EULER-A", pipes.scheduler_config)
+    scheduler = _scheduler("EULER-A", pipes.scheduler_config)
 
     assert scheduler.config.beta_start == 0.00085
     assert scheduler.config.beta_schedule == "scaled_linear"
@@ -37,10 +44,10 @@ def test_schedulers_keep_the_models_training_schedule(pipes: PipelineSet) -> Non
 
 def test_sd_settings_fill_in_what_the_models_config_leaves_out(pipes: PipelineSet) -> None:
     # The tiny model's config is K-LMS's, which says nothing about clipping or PRK steps.
-    assert make_scheduler("DDIM", pipes.scheduler_config).config.clip_sample is False
-    assert make_scheduler("PNDM", pipes.scheduler_config).config.skip_prk_steps is True
+    assert _scheduler("DDIM", pipes.scheduler_config).config.clip_sample is False
+    assert _scheduler("PNDM", pipes.scheduler_config).config.skip_prk_steps is True
     own = {**pipes.scheduler_config, "skip_prk_steps": False}
-    assert make_scheduler("PNDM", own).config.skip_prk_steps is False
+    assert _scheduler("PNDM", own).config.skip_prk_steps is False
 
 
 def test_only_ipndm_cannot_start_from_an_init_image() -> None:
@@ -49,10 +56,10 @@ def test_only_ipndm_cannot_start_from_an_init_image() -> None:
 
 def _sample_with_an_ideal_model(name: SchedulerName, config: Mapping[str, object]) -> float:
     """Mean error of sampling with a model that predicts the true noise of a known `x0`."""
-    alphas_cumprod = make_scheduler("DDPM", config).alphas_cumprod  # the training schedule
+    alphas_cumprod = _scheduler("DDPM", config).alphas_cumprod  # the training schedule
     # Spread like SD's latents (std about 1) and a bit wider, so that clipping them shows.
     x0 = 2 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    scheduler = make_scheduler(name, config)
+    scheduler = _scheduler(name, config)
     scheduler.set_timesteps(20)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     x = x * scheduler.init_noise_sigma
