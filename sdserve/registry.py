@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdserve.canonical import SchedulerName
 from sdserve.detect import UnservedModel, detect_model
@@ -135,23 +135,46 @@ class ModelSpec(BaseModel):
         )
 
 
-def describe(spec: ModelSpec) -> dict[str, JsonValue]:
+class ModelFacts(BaseModel):
+    """What a client needs to know of a model: its family, defaults and size rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: FamilyName
+    family_title: str
+    width: int
+    """The default width and height; `size_step` and `max_size` bound the others."""
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    scheduler: SchedulerName
+    schedulers: list[SchedulerName]
+    """The samplers this model can run."""
+    size_step: int
+    max_size: int
+    negative_prompt: bool
+    """Whether the model takes a negative prompt."""
+    compel: bool
+    """Whether compel can weight its prompts."""
+
+
+def describe(spec: ModelSpec) -> ModelFacts:
     """What a client needs to know of a model: its family, defaults and size rules."""
     rules = spec.rules
-    return {
-        "family": rules.family.name,
-        "family_title": rules.family.title,
-        "width": rules.size,
-        "height": rules.size,
-        "num_inference_steps": rules.steps,
-        "guidance_scale": rules.guidance_scale,
-        "scheduler": rules.scheduler,
-        "schedulers": list(rules.family.schedulers),
-        "size_step": rules.size_step,
-        "max_size": rules.max_size,
-        "negative_prompt": rules.family.negative_prompt,
-        "compel": rules.family.compel,
-    }
+    return ModelFacts(
+        family=rules.family.name,
+        family_title=rules.family.title,
+        width=rules.size,
+        height=rules.size,
+        num_inference_steps=rules.steps,
+        guidance_scale=rules.guidance_scale,
+        scheduler=rules.scheduler,
+        schedulers=list(rules.family.schedulers),
+        size_step=rules.size_step,
+        max_size=rules.max_size,
+        negative_prompt=rules.family.negative_prompt,
+        compel=rules.family.compel,
+    )
 
 
 def summary(spec: ModelSpec) -> str:

@@ -16,6 +16,7 @@ from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.deepinfra_protocol import (
     DataUri,
     DeepInfraRequest,
+    InferenceAnswer,
     render_answer,
     render_queued,
 )
@@ -88,7 +89,12 @@ def _data_uri(ctx: ApiContext) -> DataUri:
     return encode
 
 
-@router.post("/v1/inference/{model:path}", response_model=None)
+@router.post(
+    "/v1/inference/{model:path}",
+    response_model=InferenceAnswer,
+    response_model_exclude_unset=True,
+    responses={FAILED_STATUS: {"model": InferenceAnswer, "description": "The job failed"}},
+)
 async def inference(
     model: str, request: Request, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any] | JSONResponse:

@@ -64,6 +64,31 @@ class DeepInfraRequest(BaseModel):
     """Answer at once and POST the full answer here when the job ends."""
 
 
+class InferenceStatusBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: InferenceStatus
+    runtime_ms: int
+    cost: float
+    """The model's `price` per image, times the images made."""
+    tokens_generated: int
+    tokens_input: int
+
+
+class InferenceAnswer(BaseModel):
+    """The answer of an inference: the images as PNG data URIs once done; `error` if not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str]
+    nsfw_content_detected: list[bool]
+    seed: int
+    """The first image's seed (image i has seed + i)."""
+    request_id: str
+    inference_status: InferenceStatusBody
+    error: str | None = None
+
+
 DataUri = Callable[[ImageResult], str]
 
 

@@ -14,6 +14,7 @@ from sdserve.api.auth import Unauthorized, key_from_header
 from sdserve.api.context import ApiContext, Caller, get_context
 from sdserve.api.dialect import Dialect
 from sdserve.api.modelslab_protocol import (
+    Answer,
     ModelsLabFetch,
     ModelsLabRequest,
     render_error,
@@ -63,6 +64,8 @@ _FIELDS = {"mask": "mask_image", "num_outputs": "samples", "blank_nsfw": "safety
 """Canonical names of ModelsLab's fields whose names differ."""
 
 router = APIRouter(tags=["modelslab"])
+_ANSWERS: dict[str, Any] = {"response_model": Answer, "response_model_exclude_unset": True}
+"""Every route answers success, processing or error; track_id only where the request had one."""
 
 
 async def _body_key(request: Request) -> str | None:
@@ -227,10 +230,10 @@ async def fetch_by_body(
 
 
 for _path, _api, _mode in GENERATION_PATHS:
-    router.add_api_route(_path, _generation_route(_api, _mode), methods=["POST"])
+    router.add_api_route(_path, _generation_route(_api, _mode), methods=["POST"], **_ANSWERS)
 for _fetch_path in FETCH_PATHS.values():
-    router.add_api_route(_fetch_path + "/{request_id}", fetch_by_path, methods=["POST"])
-    router.add_api_route(_fetch_path, fetch_by_body, methods=["POST"])
+    router.add_api_route(_fetch_path + "/{request_id}", fetch_by_path, methods=["POST"], **_ANSWERS)
+    router.add_api_route(_fetch_path, fetch_by_body, methods=["POST"], **_ANSWERS)
 
 
 def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import (
@@ -164,6 +164,11 @@ class ModelsLabFetch(BaseModel):
     request_id: int | None = None
 
 
+_ANSWER = ConfigDict(extra="forbid")
+"""Answers are declared whole: a key the model lacks is a server bug, not something to drop."""
+YesNoText = Literal["yes", "no"]
+
+
 def render_error(error: ApiError) -> JSONResponse:
     """ModelsLab's error shape; bad input answers HTTP 200 as ModelsLab does, 401 stays 401."""
     body: dict[str, Any] = {"status": "error", "message": error.message}
@@ -171,6 +176,79 @@ def render_error(error: ApiError) -> JSONResponse:
         body["errors"] = error.errors
     status = 200 if error.status == 400 else error.status
     return JSONResponse(body, status, headers=error.headers)
+
+
+class ModelsLabMeta(BaseModel):
+    """The parameters the images were made with."""
+
+    model_config = _ANSWER
+
+    H: int
+    W: int
+    guidance_scale: float
+    model: str
+    n_samples: int
+    negative_prompt: str
+    prompt: str
+    safety_checker: YesNoText
+    seed: int
+    steps: int
+    scheduler: str
+    """The diffusers class of the sampler that ran."""
+    enhance_prompt: YesNoText
+    base64: YesNoText
+    file_prefix: str
+    strength: float | None = None
+    """With an init image only."""
+
+
+class ModelsLabSuccess(BaseModel):
+    """A finished job: its images (URLs or base64) and their parameters."""
+
+    model_config = _ANSWER
+
+    status: Literal["success"]
+    generationTime: float
+    """Seconds the images took."""
+    id: int
+    output: list[str]
+    nsfw_content_detected: list[bool]
+    meta: ModelsLabMeta
+    track_id: int | str | None = None
+
+
+class ModelsLabProcessing(BaseModel):
+    """A job not done yet: where to fetch it, and the URLs its images will have."""
+
+    model_config = _ANSWER
+
+    status: Literal["processing"]
+    id: int
+    eta: float
+    """Seconds until it is likely done."""
+    message: str
+    fetch_result: str
+    future_links: list[str]
+    meta: ModelsLabMeta
+    track_id: int | str | None = None
+
+
+class ModelsLabFailure(BaseModel):
+    """A job that ended without images, and why."""
+
+    model_config = _ANSWER
+
+    status: Literal["error"]
+    id: int
+    message: str
+    track_id: int | str | None = None
+
+
+Answer = Annotated[
+    ModelsLabSuccess | ModelsLabProcessing | ModelsLabFailure, Field(discriminator="status")
+]
+"""Every answer of a generation or a fetch; bad input answers `{"status": "error", "message",
+"errors"}` without an id."""
 
 
 def render_meta(job: Job) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from sdserve.api.openai_protocol import (
     ImageEditRequest,
     ImageGenerationRequest,
     ImageOptions,
+    ImagesResponse,
+    ModelCard,
+    ModelList,
     ResponseFormat,
     render_error,
     render_images,
@@ -28,6 +31,8 @@ from sdserve.jobs.service import Submission
 from sdserve.registry import ModelRegistry
 
 router = APIRouter(tags=["openai"])
+_OMIT_UNSET: dict[str, Any] = {"response_model_exclude_unset": True}
+"""An image carries `url` or `b64_json`, never both."""
 
 NAME = "openai"
 SYNC_WAIT_S = 540.0
@@ -95,7 +100,7 @@ async def _answer(caller: Caller, job: Job, response_format: ResponseFormat) -> 
     return await run_in_threadpool(render_images, job, image_data)
 
 
-@router.post("/v1/images/generations")
+@router.post("/v1/images/generations", response_model=ImagesResponse, **_OMIT_UNSET)
 async def create_image(
     body: ImageGenerationRequest, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -105,7 +110,7 @@ async def create_image(
     return await _answer(caller, job, body.response_format)
 
 
-@router.post("/v1/images/edits")
+@router.post("/v1/images/edits", response_model=ImagesResponse, **_OMIT_UNSET)
 async def edit_image(
     form: Annotated[ImageEditRequest, Form()], caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -123,7 +128,7 @@ async def edit_image(
     return await _answer(caller, job, form.response_format)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelList)
 def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Every model name and alias images can be asked of."""
     data = [
@@ -134,7 +139,7 @@ def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", response_model=ModelCard)
 def retrieve_model(model: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """One model name or alias (404 naming those that exist)."""
     spec = caller.ctx.service.resolve_endpoint(model, ModelNotFound.of)

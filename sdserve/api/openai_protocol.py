@@ -20,9 +20,11 @@ from pydantic import (
 from sdserve.api.errors import ApiError
 from sdserve.canonical import MAX_SEED, ImageResult, Prompt
 from sdserve.jobs.models import Job
-from sdserve.registry import DEFAULT_MODEL, ModelSpec, describe
+from sdserve.registry import DEFAULT_MODEL, ModelFacts, ModelSpec, describe
 from sdserve.samplers import Scheduler
 
+_ANSWER = ConfigDict(extra="forbid")
+"""Answers are declared whole: a key the model lacks is a server bug, not something to drop."""
 ResponseFormat = Literal["url", "b64_json"]
 ImageData = Callable[[ImageResult], dict[str, str]]
 """One image as `{"url": ...}` or `{"b64_json": ...}`."""
@@ -140,6 +142,49 @@ class ImageEditRequest(ImageOptions):
         return 1.0 if self.mask is not None else 0.8
 
 
+class ImageDatum(BaseModel):
+    """One image: `url` or `b64_json` as `response_format` asked, with its seed."""
+
+    model_config = _ANSWER
+
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str
+    seed: int
+
+
+class ImagesResponse(BaseModel):
+    """The answer to a generation or an edit."""
+
+    model_config = _ANSWER
+
+    created: int
+    data: list[ImageDatum]
+    size: str
+    output_format: Literal["png"]
+
+
+class _CardHead(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    """The model an alias answers with."""
+
+
+class ModelCard(ModelFacts, _CardHead):
+    """One entry of `/v1/models`: OpenAI's fields, then what the model is and what a request
+    leaving fields out gets."""
+
+
+class ModelList(BaseModel):
+    model_config = _ANSWER
+
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
 def render_images(job: Job, image_data: ImageData) -> dict[str, Any]:
     """The answer to a generation or an edit: one entry per image, each with its seed."""
     request = job.request
@@ -163,7 +208,7 @@ def render_model(name: str, spec: ModelSpec, created: int) -> dict[str, Any]:
         "created": created,
         "owned_by": "sdserve",
         "root": spec.name,
-        **describe(spec),
+        **describe(spec).model_dump(),
     }
 
 

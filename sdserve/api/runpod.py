@@ -10,7 +10,12 @@ from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
 from sdserve.api.runpod_protocol import (
     MAX_WAIT_MS,
+    Health,
+    JobBrief,
+    JobState,
+    PurgeResult,
     RunPodRequest,
+    StreamChunk,
     render_brief,
     render_output,
     render_status,
@@ -27,6 +32,8 @@ PREFIXES = ("/v1", "/v2")
 _PREFIX = "/{endpoint:path}"
 _FIELDS = prefixed("input.")
 DIALECT_NAME = "runpod"
+_OMIT_UNSET: dict[str, Any] = {"response_model_exclude_unset": True}
+"""Answers leave out the keys a job has no value for (output, error, workerId), as RunPod's do."""
 
 
 async def _submit(caller: Caller, endpoint: str, body: RunPodRequest) -> Job:
@@ -53,7 +60,7 @@ def _status(caller: Caller, job: Job) -> dict[str, Any]:
     return render_status(job, caller.status_link(job))
 
 
-@router.post(_PREFIX + "/run")
+@router.post(_PREFIX + "/run", response_model=JobBrief)
 async def run(
     endpoint: str, body: RunPodRequest, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -61,7 +68,7 @@ async def run(
     return render_brief(await _submit(caller, endpoint, body))
 
 
-@router.post(_PREFIX + "/runsync")
+@router.post(_PREFIX + "/runsync", response_model=JobState | JobBrief, **_OMIT_UNSET)
 async def runsync(
     endpoint: str,
     body: RunPodRequest,
@@ -76,31 +83,32 @@ async def runsync(
     return _status(caller, job) if job.status.is_final else render_brief(job)
 
 
-@router.api_route(_PREFIX + "/status/{job_id}", methods=["GET", "POST"])
+@router.get(_PREFIX + "/status/{job_id}", response_model=JobState, **_OMIT_UNSET)
+@router.post(_PREFIX + "/status/{job_id}", response_model=JobState, **_OMIT_UNSET)
 def status(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """The job's state, timings, and output once done."""
     return _status(caller, caller.ctx.service.get(caller.owner, endpoint, job_id))
 
 
-@router.post(_PREFIX + "/cancel/{job_id}")
+@router.post(_PREFIX + "/cancel/{job_id}", response_model=JobBrief)
 def cancel(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Cancel a queued or running job; a running one stops at its next denoising step."""
     return render_brief(caller.ctx.service.cancel(caller.owner, endpoint, job_id))
 
 
-@router.post(_PREFIX + "/retry/{job_id}")
+@router.post(_PREFIX + "/retry/{job_id}", response_model=JobBrief)
 def retry(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Run a FAILED or TIMED_OUT job again under the same id."""
     return render_brief(caller.ctx.service.retry(caller.owner, endpoint, job_id))
 
 
-@router.post(_PREFIX + "/purge-queue")
+@router.post(_PREFIX + "/purge-queue", response_model=PurgeResult)
 def purge_queue(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Remove the caller's queued jobs of this endpoint."""
     return {"removed": caller.ctx.service.purge(caller.owner, endpoint), "status": "completed"}
 
 
-@router.get(_PREFIX + "/health")
+@router.get(_PREFIX + "/health", response_model=Health)
 def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Job counts of this endpoint and the state of the workers."""
     spec = caller.ctx.service.resolve_endpoint(endpoint)
@@ -118,11 +126,11 @@ def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any
         "workers": {"idle": len(workers) - running, "running": running},
         # Beyond RunPod's shape: the model this endpoint serves, so a client knows what a
         # request leaving fields out gets.
-        "model": {"name": spec.name, **describe(spec)},
+        "model": {"name": spec.name, **describe(spec).model_dump()},
     }
 
 
-@router.get(_PREFIX + "/stream/{job_id}")
+@router.get(_PREFIX + "/stream/{job_id}", response_model=StreamChunk, **_OMIT_UNSET)
 def stream(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Progress events not read before; once the job is done, its output too."""
     job, events = caller.ctx.service.stream(caller.owner, endpoint, job_id)

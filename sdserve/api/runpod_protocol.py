@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, JsonValue
 
 from sdserve.canonical import MAX_SEED, ImageResult, Prompt
-from sdserve.jobs.models import Job
+from sdserve.jobs.models import Job, JobStatus
+from sdserve.registry import ModelFacts
 from sdserve.samplers import Scheduler
+
+_ANSWER = ConfigDict(extra="forbid")
+"""Answers are declared whole: a key the model lacks is a server bug, not something to drop."""
 
 
 class RunPodInput(BaseModel):
@@ -49,6 +53,104 @@ class RunPodRequest(BaseModel):
     input: RunPodInput
     webhook: AnyHttpUrl | None = None
     policy: RunPodPolicy = RunPodPolicy()
+
+
+class JobBrief(BaseModel):
+    """The answer of /run, /cancel and /retry (and of /runsync past its wait)."""
+
+    model_config = _ANSWER
+
+    id: str
+    status: JobStatus
+
+
+class ImageOutput(BaseModel):
+    image: str
+    """A signed URL of the PNG, or the PNG as base64 (`output_format = "base64"`)."""
+    seed: int
+
+
+class Progress(BaseModel):
+    progress: str
+    """Steps done out of all: `3/25`."""
+
+
+class JobState(BaseModel):
+    """The status object of /status and /runsync; `output` once done (progress while running),
+    `error` if it failed."""
+
+    model_config = _ANSWER
+
+    id: str
+    status: JobStatus
+    delayTime: int
+    """Milliseconds from submission to start."""
+    executionTime: int
+    """Milliseconds it ran."""
+    input: dict[str, JsonValue]
+    """The input as sent."""
+    output: list[ImageOutput] | Progress | None = None
+    error: str | None = None
+    workerId: str | None = None
+
+
+class PurgeResult(BaseModel):
+    model_config = _ANSWER
+
+    removed: int
+    status: Literal["completed"]
+
+
+class JobCountsBody(BaseModel):
+    completed: int
+    failed: int
+    inProgress: int
+    inQueue: int
+    retried: int
+
+
+class WorkerCounts(BaseModel):
+    idle: int
+    running: int
+
+
+class _Named(BaseModel):
+    name: str
+
+
+class EndpointModel(ModelFacts, _Named):
+    """The model an endpoint serves (its name first), beyond RunPod's shape."""
+
+
+class Health(BaseModel):
+    """Job counts of an endpoint, the workers, and the model it serves."""
+
+    model_config = _ANSWER
+
+    jobs: JobCountsBody
+    workers: WorkerCounts
+    model: EndpointModel
+
+
+class StreamProgress(Progress):
+    step: int
+    total: int
+
+
+class StreamEvent(BaseModel):
+    output: StreamProgress
+
+
+class StreamChunk(BaseModel):
+    """Progress events not read before; `output` and `error` once the job is done."""
+
+    model_config = _ANSWER
+
+    id: str
+    status: JobStatus
+    stream: list[StreamEvent]
+    output: list[ImageOutput] | Progress | None = None
+    error: str | None = None
 
 
 MAX_WAIT_MS = 300_000

@@ -71,3 +71,36 @@ def test_same_seed_and_parameters_give_the_same_pixels_everywhere(client: httpx.
     assert reference.shape == (128, 128, 3) and reference.std() > 0
     for name, pixels in images.items():
         assert np.array_equal(pixels, reference), f"{name} differs from runpod"
+
+
+DIALECT_TAGS = {"runpod", "deepinfra", "modelslab", "openai"}
+
+
+def _refs(schema: dict[str, Any]) -> list[str]:
+    """The components a 200 answer's schema names: itself, or each member of a union."""
+    if "$ref" in schema:
+        return [schema["$ref"]]
+    members = schema.get("oneOf") or schema.get("anyOf") or []
+    return [m["$ref"] for m in members if "$ref" in m] if len(members) > 1 else []
+
+
+def test_openapi_describes_the_answer_of_every_dialect_route(client: httpx.Client) -> None:
+    document = client.get("/openapi.json").json()
+    components = document["components"]["schemas"]
+    operations = [
+        (method, path, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if DIALECT_TAGS & set(operation.get("tags", []))
+    ]
+    tags = {tag for _, _, operation in operations for tag in operation["tags"]}
+    assert tags == DIALECT_TAGS
+    for method, path, operation in operations:
+        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+        refs = _refs(schema)
+        assert refs, f"{method} {path} answers an undescribed body: {schema}"
+        for ref in refs:
+            name = ref.removeprefix("#/components/schemas/")
+            assert components[name]["properties"], f"{method} {path}: {name} has no fields"
+    ids = [operation["operationId"] for _, _, operation in operations]
+    assert len(ids) == len(set(ids)), "operation ids must be unique for generated clients"
