@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
@@ -80,7 +81,10 @@ async def runsync(
     """Run a job and answer with its result, or with its id if it takes longer than `wait`."""
     job = await _submit(caller, endpoint, body)
     job = await caller.ctx.service.wait_for(caller.owner, job, wait / 1000)
-    return _status(caller, job) if job.status.is_final else render_brief(job)
+    if not job.status.is_final:
+        return render_brief(job)
+    # Off the event loop: base64 output reads the images from their store.
+    return await run_in_threadpool(_status, caller, job)
 
 
 @router.get(_PREFIX + "/status/{job_id}", response_model=JobState, **_OMIT_UNSET)

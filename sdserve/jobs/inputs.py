@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -52,13 +53,14 @@ async def read_image(
     field: str, value: str | bytes, timeout_s: float, max_bytes: int
 ) -> Image.Image:
     """Decode an image given in any accepted form, or uploaded as raw bytes."""
+    # Decoding runs off the event loop: a 10 MB image takes a while.
     if isinstance(value, bytes):
         data = value
     elif value.startswith(("http://", "https://")):
         data = await fetch_bytes(field, value, timeout_s, max_bytes)
     else:
-        data = decode_base64(field, value)
-    return open_image(field, data)
+        data = await asyncio.to_thread(decode_base64, field, value)
+    return await asyncio.to_thread(open_image, field, data)
 
 
 def open_image(field: str, data: bytes) -> Image.Image:

@@ -3,12 +3,14 @@ model and with its images loaded, becomes the canonical request."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from sdserve.canonical import GenerationRequest, SchedulerName
@@ -189,18 +191,31 @@ async def _load_images(
     init_field, mask_field = _named(fields, "init_image"), _named(fields, "mask")
     if draft.mask and not draft.init_image:
         raise InvalidInput(mask_field, f"needs {init_field} to paint into")
-    init_png = mask_png = None
+    init = mask = None
     if draft.init_image:
-        image = await read_image(
+        init = await read_image(
             init_field, draft.init_image, limits.fetch_timeout_s, limits.fetch_max_bytes
         )
-        init_png = prepare_init_image(image, width, height)
     if draft.mask:
         mask = await read_image(
             mask_field, draft.mask, limits.fetch_timeout_s, limits.fetch_max_bytes
         )
-        if draft.mask_convention == "alpha":
-            mask = alpha_mask(mask_field, mask)
-        invert = draft.mask_convention == "black"
-        mask_png = prepare_mask(mask, width, height, invert=invert)
-    return init_png, mask_png
+    # Resizing and PNG encoding run off the event loop.
+    return await asyncio.to_thread(_prepare, draft, mask_field, init, mask, width, height)
+
+
+def _prepare(
+    draft: RequestDraft,
+    mask_field: str,
+    init: Image.Image | None,
+    mask: Image.Image | None,
+    width: int,
+    height: int,
+) -> tuple[bytes | None, bytes | None]:
+    init_png = None if init is None else prepare_init_image(init, width, height)
+    if mask is None:
+        return init_png, None
+    if draft.mask_convention == "alpha":
+        mask = alpha_mask(mask_field, mask)
+    invert = draft.mask_convention == "black"
+    return init_png, prepare_mask(mask, width, height, invert=invert)

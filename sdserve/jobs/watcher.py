@@ -56,12 +56,13 @@ class JobWatcher:
             else:
                 await changed.wait()
             changed.clear()
-            self._resolve()
+            await self._resolve()
 
-    def _resolve(self) -> None:
-        # One indexed read of the waited-on ids, fast enough to run on the event loop.
+    async def _resolve(self) -> None:
+        # One indexed read of the waited-on ids; off the event loop, as PostgreSQL's is a
+        # round trip.
         ids = list(self._waiters)
-        statuses = self._store.statuses(ids)
+        statuses = await asyncio.to_thread(self._store.statuses, ids) if ids else {}
         for job_id in ids:
             status = statuses.get(job_id)
             if status is None or status.is_final:
