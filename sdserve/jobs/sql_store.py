@@ -15,13 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from sdserve.canonical import ImageResult
+from sdserve.jobs import outbox
 from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
-from sdserve.jobs.schema import job_events, jobs, webhooks, workers
+from sdserve.jobs.schema import jobs, workers
 from sdserve.jobs.store import JobStore, WebhookDelivery, WorkerInfo, job_counts, job_from_row
-from sdserve.jobs.transitions import ENDINGS, TRANSITIONS, Op, Transition
-
-WEBHOOK_LEASE_S = 60.0
-"""A webhook being delivered is hidden this long from other deliverers (other API nodes)."""
+from sdserve.jobs.transitions import ENDINGS, TRANSITIONS, Op
 
 _NEXT_NUMBER = sa.text(
     "INSERT INTO sdserve_counters (name, value) VALUES ('job', 1)"
@@ -205,7 +203,7 @@ class SqlJobStore(JobStore):
         ).first()
         if row is None:
             return None
-        db.execute(job_events.delete().where(job_events.c.job_id == row.id))
+        outbox.clear_events(db, row.id)
         db.execute(workers.update().where(workers.c.worker_id == worker_id).values(job_id=row.id))
         return job_from_row(row._mapping)
 
@@ -240,7 +238,7 @@ class SqlJobStore(JobStore):
                 .returning(jobs.c.status)
             ).scalar_one_or_none()
             if status == JobStatus.IN_PROGRESS:
-                db.execute(job_events.insert().values(job_id=job_id, step=step, total=total))
+                outbox.add_event(db, job_id, step, total)
         return None if status is None else JobStatus(status)
 
     def finish(
@@ -267,7 +265,7 @@ class SqlJobStore(JobStore):
                 .returning(jobs.c.webhook, jobs.c.delivery_id)
             ).first()
             if row is not None:
-                self._queue_webhook(db, job_id, row.webhook, transition, now)
+                outbox.queue_webhook(db, job_id, row.webhook, transition, now)
         if row is None:
             self.release(job_id, attempt)
             return False
@@ -284,13 +282,6 @@ class SqlJobStore(JobStore):
             row = db.execute(query).first()
         if row is not None:
             self._close_delivery(row.delivery_id, JobStatus(row.status))
-
-    @staticmethod
-    def _queue_webhook(
-        db: sa.Connection, job_id: str, url: str | None, transition: Transition, now: float
-    ) -> None:
-        if url and transition.webhook:
-            db.execute(webhooks.insert().values(job_id=job_id, url=url, next_at=now))
 
     # --- the owner's and the sweeper's transitions ----------------------------------------
 
@@ -351,10 +342,7 @@ class SqlJobStore(JobStore):
     ) -> Sequence[sa.Row[Any]]:
         """Delete jobs with their progress events and pending webhooks; return their rows."""
         rows = db.execute(jobs.delete().where(*where).returning(*jobs.c)).all()
-        ids = [row.id for row in rows]
-        if ids:
-            db.execute(job_events.delete().where(job_events.c.job_id.in_(ids)))
-            db.execute(webhooks.delete().where(webhooks.c.job_id.in_(ids)))
+        outbox.forget(db, [row.id for row in rows])
         return rows
 
     def _recover_run(
@@ -388,7 +376,7 @@ class SqlJobStore(JobStore):
             .where(jobs.c.id == job_id, movable(Op.GIVE_UP))
             .values(**_ended(give_up.target, now), error=giving_up_message(row.attempts))
         )
-        self._queue_webhook(db, job_id, row.webhook, give_up, now)
+        outbox.queue_webhook(db, job_id, row.webhook, give_up, now)
         return give_up.target
 
     def time_out_overdue(self, now: float) -> list[str]:
@@ -406,7 +394,7 @@ class SqlJobStore(JobStore):
                 .returning(jobs.c.id, jobs.c.webhook)
             ).all()
             for row in rows:
-                self._queue_webhook(db, row.id, row.webhook, transition, now)
+                outbox.queue_webhook(db, row.id, row.webhook, transition, now)
         return [row.id for row in rows]
 
     def delete_expired(self, now: float) -> list[Job]:
@@ -420,40 +408,12 @@ class SqlJobStore(JobStore):
 
     def read_stream(self, job_id: str) -> list[ProgressEvent]:
         with self._tx() as db:
-            rows = db.execute(
-                job_events.update()
-                .where(job_events.c.job_id == job_id, sa.not_(job_events.c.read))
-                .values(read=True)
-                .returning(job_events.c.seq, job_events.c.step, job_events.c.total)
-            ).all()
-        ordered = sorted(rows, key=lambda row: int(row.seq))
-        return [ProgressEvent(step=row.step, total=row.total) for row in ordered]
+            return outbox.take_events(db, job_id)
 
     def due_webhooks(self, now: float, limit: int) -> list[WebhookDelivery]:
-        due = (
-            sa.select(webhooks.c.id)
-            .where(webhooks.c.next_at <= now)
-            .order_by(webhooks.c.next_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
         with self._tx() as db:
-            rows = db.execute(
-                webhooks.update()
-                .where(webhooks.c.id.in_(due))
-                .values(next_at=now + WEBHOOK_LEASE_S)
-                .returning(webhooks.c.id, webhooks.c.job_id, webhooks.c.url, webhooks.c.attempts)
-            ).all()
-        ordered = sorted(rows, key=lambda row: int(row.id))
-        return [WebhookDelivery(**row._mapping) for row in ordered]
+            return outbox.lease_webhooks(db, now, limit)
 
     def webhook_attempted(self, delivery_id: int, delivered: bool, next_at: float | None) -> None:
         with self._tx() as db:
-            if delivered or next_at is None:
-                db.execute(webhooks.delete().where(webhooks.c.id == delivery_id))
-            else:
-                db.execute(
-                    webhooks.update()
-                    .where(webhooks.c.id == delivery_id)
-                    .values(attempts=webhooks.c.attempts + 1, next_at=next_at)
-                )
+            outbox.webhook_attempted(db, delivery_id, delivered, next_at)
