@@ -20,6 +20,11 @@ from tests.s3server import moto_s3_server, s3_env
 # start inherit this), so a lookup that cannot succeed fails at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist two test processes, and the servers and workers they start, share the
+# machine's cores: one PyTorch thread each, or their OpenMP thread teams spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
 
