@@ -46,7 +46,10 @@ class KeyChecker:
             return OPEN_OWNER
         if key is None:
             raise Unauthorized("missing API key: send Authorization: Bearer <key>")
-        presented = key.encode()
+        try:
+            presented = key.encode()
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no key has one
+            raise Unauthorized("invalid API key") from None
         if not any(hmac.compare_digest(presented, k) for k in self._keys):
             raise Unauthorized("invalid API key")
         return fingerprint(key)

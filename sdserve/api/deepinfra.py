@@ -55,7 +55,7 @@ async def _read_fields(request: Request) -> object:
             }
     try:
         return json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         error = {"type": "json_invalid", "loc": ("body",), "msg": "invalid JSON", "input": None}
         raise RequestValidationError([error]) from None
 

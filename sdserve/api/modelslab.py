@@ -71,7 +71,7 @@ _ANSWERS: dict[str, Any] = {"response_model": Answer, "response_model_exclude_un
 async def _body_key(request: Request) -> str | None:
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # the body's own validation names the fault
         return None
     key = body.get("key") if isinstance(body, dict) else None
     if isinstance(key, str | int) and not isinstance(key, bool) and str(key).strip():
@@ -204,10 +204,13 @@ def _generation_route(api: Api, mode: Mode) -> Callable[..., Awaitable[dict[str,
 async def _fetch(caller: Caller, number: int | None, field: str) -> dict[str, Any]:
     if number is None:
         raise InvalidInput(field, "field required")
+    job = None
     try:
-        job = await run_in_threadpool(caller.ctx.service.get_by_number, caller.owner, number)
+        # Stores keep 64-bit signed numbers: a larger one names no request (and would overflow)
+        if 0 < number < 2**63:
+            job = await run_in_threadpool(caller.ctx.service.get_by_number, caller.owner, number)
     except JobNotFound:
-        job = None
+        pass
     if job is None or job.dialect != NAME:
         raise InvalidInput(field, f"no request {number} (unknown, expired, or another key's)")
     return await _answer(caller, job)

@@ -151,3 +151,47 @@ def test_another_keys_job_is_invisible(client: httpx.Client, server: ServerProce
     ]:
         assert other.request(method, path).status_code == 404, path
     assert wait_for(client, f"/v2/default/status/{job_id}", {"COMPLETED"})["status"] == "COMPLETED"
+
+
+def test_modelslab_fetch_of_an_id_past_64_bits_is_unknown(server: ServerProcess) -> None:
+    url = f"{server.url}/api/v6/images/fetch"
+    unknown = httpx.post(f"{url}/1000000000", json={"key": API_KEY}).json()
+    for request in [
+        httpx.post(f"{url}/{2**63}", json={"key": API_KEY}),
+        httpx.post(url, json={"key": API_KEY, "request_id": 2**63}),
+        httpx.post(url, json={"key": API_KEY, "request_id": -(2**63) - 1}),
+    ]:
+        assert request.status_code == 200, request.text  # ModelsLab answers errors with 200
+        body = request.json()
+        assert body["status"] == "error" and "request_id" in body["message"], body
+        assert body.keys() == unknown.keys()
+
+
+def test_modelslab_key_with_a_lone_surrogate_is_401(server: ServerProcess) -> None:
+    r = httpx.post(
+        f"{server.url}/api/v6/images/text2img",
+        content=b'{"key": "\\ud800", "prompt": "x"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 401, r.text
+    assert "invalid API key" in r.text
+
+
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/inference/default",
+        "/v2/default/run",
+        "/v1/images/generations",
+        "/api/v6/images/text2img",
+        "/api/v6/images/fetch",
+    ],
+)
+def test_deeply_nested_json_is_a_4xx(client: httpx.Client, path: str) -> None:
+    r = client.post(path, content=DEEP_JSON, headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 401, 422), r.text  # ModelsLab's errors are 200s
+    body = r.json()
+    assert "error" in body or body.get("status") == "error", body
