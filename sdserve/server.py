@@ -66,7 +66,12 @@ def create_app(settings: Settings) -> FastAPI:
         wake_workers=supervisor.wake,
         max_queue=settings.max_queue,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
-        limits=InputLimits(settings.fetch_timeout_s, settings.fetch_max_bytes, settings.loras_dir),
+        limits=InputLimits(
+            settings.fetch_timeout_s,
+            settings.fetch_max_bytes,
+            settings.loras_dir,
+            max_prompt_chars=settings.max_prompt_chars,
+        ),
     )
     images = open_image_store(settings.storage, settings.images_dir)
     ctx = ApiContext(

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     """Seconds allowed to download an init_image or mask URL."""
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     """Largest init_image or mask download accepted, in bytes."""
+    max_prompt_chars: int = Field(default=4000, ge=1)
+    """Longest prompt or negative prompt accepted, in characters (4000: far past what a text
+    encoder reads, short enough that parsing it costs nothing)."""
     compel_everywhere: bool = False
     """Parse every dialect's prompts with compel's weighting syntax (DeepInfra asks per request)."""
     lora_dir: Path | None = None

@@ -4,6 +4,7 @@ model and with its images loaded, becomes the canonical request."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from sdserve.samplers import SAMPLERS
 MIN_SIZE = 128
 RANDOM_SEED_BOUND = 2**32
 """Random seeds are drawn below this, as A1111 does, so they are easy to read and type."""
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+"""C0 controls but tab and newlines, DEL, and lone surrogates (half a UTF-16 pair, no text)."""
 
 
 def check_size(field: str, value: int, spec: ModelSpec) -> None:
@@ -48,6 +51,19 @@ def check_scheduler(field: str, scheduler: SchedulerName, spec: ModelSpec, init:
     if init and not SAMPLERS[scheduler].img2img:
         raise InvalidInput(
             field, f"{scheduler} cannot start from an init image; choose another, e.g. K-LMS"
+        )
+
+
+def check_prompt(field: str, value: str, max_chars: int | None) -> None:
+    """A prompt: at most `max_chars` characters, and no control characters."""
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidInput(field, f"must be at most {max_chars} characters (got {len(value)})")
+    found = _UNPRINTABLE.search(value)
+    if found is not None:
+        char = found.group()
+        kind = "lone surrogates" if "\ud800" <= char <= "\udfff" else "control characters"
+        raise InvalidInput(
+            field, f"must not contain {kind} (got U+{ord(char):04X} at position {found.start()})"
         )
 
 
@@ -137,6 +153,8 @@ class InputLimits:
     loras_dir: Path | None = None
     """The server's LoRA folder: a `lora` not installed there is refused. None: the worker
     refuses the job instead, as FAILED."""
+    max_prompt_chars: int | None = None
+    """Longest prompt or negative prompt accepted, in characters. None: no limit."""
 
 
 async def build_request(
@@ -149,6 +167,8 @@ async def build_request(
     scheduler = draft.scheduler
     if scheduler is None or (draft.scheduler_fallback and scheduler not in rules.family.schedulers):
         scheduler = rules.scheduler
+    check_prompt(_named(fields, "prompt"), draft.prompt, limits.max_prompt_chars)
+    check_prompt(_named(fields, "negative_prompt"), draft.negative_prompt, limits.max_prompt_chars)
     check_size(_named(fields, "width"), width, spec)
     check_size(_named(fields, "height"), height, spec)
     check_scheduler(_named(fields, "scheduler"), scheduler, spec, bool(draft.init_image))

@@ -35,6 +35,15 @@ def post_input(client: httpx.Client, input: dict[str, object]) -> httpx.Response
         ({"seed": "abc"}, "input.seed", "valid integer"),
         ({"prompt": ""}, "input.prompt", "at least 1 character"),
         ({"prompt": "   "}, "input.prompt", "must not be blank"),
+        (
+            {"prompt": "\x00"},
+            "input.prompt",
+            "must not contain control characters (got U+0000 at position 0)",
+        ),
+        ({"prompt": "a\x1bb"}, "input.prompt", "(got U+001B at position 1)"),
+        ({"negative_prompt": "x\x7f"}, "input.negative_prompt", "(got U+007F at position 1)"),
+        ({"prompt": "a" * 4001}, "input.prompt", "must be at most 4000 characters (got 4001)"),
+        ({"negative_prompt": "n" * 4001}, "input.negative_prompt", "at most 4000 characters"),
         ({"colour": "red"}, "input.colour", "unknown field"),
         ({"init_image": "not base64!!"}, "input.init_image", "http(s) URL, a data URI or base64"),
         ({"init_image": "aGVsbG8="}, "input.init_image", "not a readable image"),
@@ -195,3 +204,40 @@ def test_deeply_nested_json_is_a_4xx(client: httpx.Client, path: str) -> None:
     assert r.status_code in (200, 400, 401, 422), r.text  # ModelsLab's errors are 200s
     body = r.json()
     assert "error" in body or body.get("status") == "error", body
+
+
+def test_prompt_with_a_lone_surrogate_is_a_400(client: httpx.Client) -> None:
+    r = client.post(
+        "/v2/default/run",
+        content=b'{"input": {"prompt": "a\\udc00"}}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["input.prompt"], r.json()
+
+
+def test_long_prompt_with_tabs_and_newlines_is_accepted(client: httpx.Client) -> None:
+    prompt = "a\tcat\r\non a mat " + "x" * (4000 - 16)
+    assert len(prompt) == 4000
+    r = post_input(
+        client, {"prompt": prompt, "width": 128, "height": 128, "num_inference_steps": 1}
+    )
+    assert r.status_code == 200, r.text
+    client.post(f"/v2/default/cancel/{r.json()['id']}")
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "rule"),
+    [
+        ({"prompt": "\x00"}, "prompt", "must not contain control characters (got U+0000"),
+        ({"prompt": "p" * 4001}, "prompt", "must be at most 4000 characters (got 4001)"),
+        ({"prompt": "p", "negative_prompt": "\x08"}, "negative_prompt", "(got U+0008"),
+    ],
+)
+def test_openai_prompt_rules_name_the_field(
+    client: httpx.Client, fields: dict[str, str], param: str, rule: str
+) -> None:
+    r = client.post("/v1/images/generations", json={"model": "default", **fields})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and rule in error["message"], error
