@@ -13,7 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from sdserve import __version__
-from sdserve.api import files, loras, runpod
+from sdserve.api import files, loras, probes, runpod
 from sdserve.api.auth import KeyChecker
 from sdserve.api.context import ApiContext
 from sdserve.api.dialects import DIALECTS
@@ -120,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app, render_for)
     app.include_router(files.router)
     app.include_router(loras.router)
+    app.include_router(probes.router)
     for dialect in DIALECTS:
         for router, prefix in dialect.routers:
             app.include_router(router, prefix=prefix)
