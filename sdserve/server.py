@@ -21,6 +21,7 @@ from sdserve.api.errors import install_error_handlers, renderer_for
 from sdserve.api.limits import MB, BodyLimitMiddleware
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.models import Job
+from sdserve.jobs.outbound import UrlPolicy
 from sdserve.jobs.requests import InputLimits
 from sdserve.jobs.service import JobService
 from sdserve.jobs.watcher import JobWatcher
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     registry = load_registry(settings.models_file, settings.model)
     watcher = JobWatcher(store)
     supervisor = WorkerSupervisor(settings, store, settings.workers, on_job_event=watcher.notify)
+    urls = UrlPolicy.parse(settings.allow_url_networks)
     service = JobService(
         store,
         registry,
@@ -71,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.fetch_max_bytes,
             settings.loras_dir,
             max_prompt_chars=settings.max_prompt_chars,
+            urls=urls,
         ),
     )
     images = open_image_store(settings.storage, settings.images_dir)
@@ -101,7 +104,11 @@ def create_app(settings: Settings) -> FastAPI:
             asyncio.create_task(run_sweeper(store, images, settings)),
             asyncio.create_task(
                 run_webhooks(
-                    store, render_webhook, settings.webhook_attempts, settings.webhook_timeout_s
+                    store,
+                    render_webhook,
+                    settings.webhook_attempts,
+                    settings.webhook_timeout_s,
+                    urls,
                 )
             ),
         ]

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     """Seconds allowed to download an init_image or mask URL."""
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     """Largest init_image or mask download accepted, in bytes."""
+    allow_url_networks: Annotated[list[str], NoDecode] = []
+    """CIDRs (`10.0.0.0/8`, `::1`) and host names that image URLs and webhooks may reach
+    although they are not public; comma-separated in env (default: none, public only)."""
     max_prompt_chars: int = Field(default=4000, ge=1)
     """Longest prompt or negative prompt accepted, in characters (4000: far past what a text
     encoder reads, short enough that parsing it costs nothing)."""
@@ -89,7 +92,7 @@ class Settings(BaseSettings):
             raise ValueError("database must be a postgresql:// URL (leave it unset for SQLite)")
         return value
 
-    @field_validator("model", "api_keys", "queues", mode="before")
+    @field_validator("model", "api_keys", "queues", "allow_url_networks", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

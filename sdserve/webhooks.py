@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from sdserve.jobs.models import Job
+from sdserve.jobs.outbound import UrlPolicy, guarded_client
 from sdserve.jobs.store import JobStore, WebhookDelivery
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,15 @@ async def deliver(
 
 
 async def run_webhooks(
-    store: JobStore, render: RenderJob, max_attempts: int, timeout_s: float
+    store: JobStore,
+    render: RenderJob,
+    max_attempts: int,
+    timeout_s: float,
+    urls: UrlPolicy | None = None,
 ) -> None:
-    """Deliver due webhooks until cancelled."""
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
+    """Deliver due webhooks until cancelled, only to addresses `urls` allows (default:
+    public ones); a refused address fails the try like a closed port."""
+    async with guarded_client(urls or UrlPolicy(), timeout_s) as client:
         while True:
             try:
                 due = await asyncio.to_thread(store.due_webhooks, time.time(), _BATCH)

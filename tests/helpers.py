@@ -47,6 +47,11 @@ def stop_process(
             process.wait()
 
 
+LOOPBACK_URLS = {"SDSERVE_ALLOW_URL_NETWORKS": "127.0.0.0/8,::1"}
+"""Lets servers under test fetch images from and post webhooks to the tests' loopback servers
+(a test of the SSRF guard overrides it with an empty value)."""
+
+
 @dataclass
 class ServerProcess:
     """A `sdserve serve` subprocess; restartable on the same port and data directory."""
@@ -66,7 +71,7 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}-{time.time():.0f}.log"
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **LOOPBACK_URLS, **self.env, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "sdserve", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         log = self.log_path.open("wb")

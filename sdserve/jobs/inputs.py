@@ -12,30 +12,29 @@ import httpx
 from PIL import Image, ImageOps
 
 from sdserve.jobs.errors import InvalidInput
+from sdserve.jobs.outbound import BadStatus, TooLarge, UrlPolicy, fetch_url
 
 _MAX_PIXELS = 64_000_000
 """Larger images are refused before decoding (Pillow's decompression-bomb guard)."""
 
 
-async def fetch_bytes(field: str, url: str, timeout_s: float, max_bytes: int) -> bytes:
-    """Download `url`, refusing bodies over `max_bytes` and downloads slower than `timeout_s`."""
+async def fetch_bytes(
+    field: str, url: str, timeout_s: float, max_bytes: int, urls: UrlPolicy
+) -> bytes:
+    """Download `url` through the SSRF guard, refusing bodies over `max_bytes` and downloads
+    longer than `timeout_s` in total."""
     try:
-        async with (
-            httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise InvalidInput(field, f"could not fetch {url}: HTTP {response.status_code}")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise InvalidInput(field, f"image at {url} is larger than {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as exc:
-        raise InvalidInput(field, f"could not fetch {url}: {type(exc).__name__}") from None
+        return await fetch_url(urls, url, timeout_s, max_bytes)
+    except TooLarge:
+        raise InvalidInput(field, f"image at this URL is larger than {max_bytes} bytes") from None
+    except BadStatus as answer:
+        # Only a server the guard allowed answers at all: its status tells a port scanner
+        # nothing it could not learn itself, and tells the client what to fix.
+        raise InvalidInput(field, f"could not fetch the image from this URL ({answer})") from None
+    except (httpx.HTTPError, httpx.InvalidURL, TimeoutError):
+        # One message whatever went wrong: a refused address, a closed port and a slow
+        # server must look alike, or this call becomes a port scanner.
+        raise InvalidInput(field, "could not fetch the image from this URL") from None
 
 
 def decode_base64(field: str, value: str) -> bytes:
@@ -50,14 +49,14 @@ def decode_base64(field: str, value: str) -> bytes:
 
 
 async def read_image(
-    field: str, value: str | bytes, timeout_s: float, max_bytes: int
+    field: str, value: str | bytes, timeout_s: float, max_bytes: int, urls: UrlPolicy
 ) -> Image.Image:
     """Decode an image given in any accepted form, or uploaded as raw bytes."""
     # Decoding runs off the event loop: a 10 MB image takes a while.
     if isinstance(value, bytes):
         data = value
     elif value.startswith(("http://", "https://")):
-        data = await fetch_bytes(field, value, timeout_s, max_bytes)
+        data = await fetch_bytes(field, value, timeout_s, max_bytes, urls)
     else:
         data = await asyncio.to_thread(decode_base64, field, value)
     return await asyncio.to_thread(open_image, field, data)

@@ -7,7 +7,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from sdserve.canonical import GenerationRequest, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.inputs import alpha_mask, prepare_init_image, prepare_mask, read_image
+from sdserve.jobs.outbound import UrlPolicy
 from sdserve.loras import UnknownLora, find_lora
 from sdserve.registry import ModelSpec
 from sdserve.samplers import SAMPLERS
@@ -155,6 +156,8 @@ class InputLimits:
     refuses the job instead, as FAILED."""
     max_prompt_chars: int | None = None
     """Longest prompt or negative prompt accepted, in characters. None: no limit."""
+    urls: UrlPolicy = field(default_factory=UrlPolicy)
+    """Non-public networks and hosts image URLs may reach (default: none)."""
 
 
 async def build_request(
@@ -214,11 +217,15 @@ async def _load_images(
     init = mask = None
     if draft.init_image:
         init = await read_image(
-            init_field, draft.init_image, limits.fetch_timeout_s, limits.fetch_max_bytes
+            init_field,
+            draft.init_image,
+            limits.fetch_timeout_s,
+            limits.fetch_max_bytes,
+            limits.urls,
         )
     if draft.mask:
         mask = await read_image(
-            mask_field, draft.mask, limits.fetch_timeout_s, limits.fetch_max_bytes
+            mask_field, draft.mask, limits.fetch_timeout_s, limits.fetch_max_bytes, limits.urls
         )
     # Resizing and PNG encoding run off the event loop.
     return await asyncio.to_thread(_prepare, draft, mask_field, init, mask, width, height)

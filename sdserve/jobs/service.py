@@ -14,12 +14,14 @@ from sdserve.canonical import GenerationRequest
 from sdserve.jobs.errors import (
     Conflict,
     EndpointNotFound,
+    InvalidInput,
     JobError,
     JobNotFound,
     QueueFull,
     ResultTimeout,
 )
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
+from sdserve.jobs.outbound import check_url
 from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
 from sdserve.jobs.store import JobStore, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
@@ -92,6 +94,9 @@ class JobService:
         spec = self.resolve_endpoint(draft.model, how.unknown_model)
         if how.model_rules is not None:
             how.model_rules(spec)
+        if how.webhook is not None and not await check_url(self._limits.urls, how.webhook):
+            field = how.fields.get("webhook", "webhook")
+            raise InvalidInput(field, "must be an http(s) URL of a public host")
         request = await build_request(spec, draft, how.fields, self._limits)
         return await asyncio.to_thread(self._queue, request, how)
 
