@@ -122,7 +122,7 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
             request.url.copy_with(host=address),
             headers=request.headers,
             stream=request.stream,
-            extensions={**request.extensions, "sni_hostname": request.url.host},
+            extensions={**request.extensions, "sni_hostname": request.url.raw_host.decode("ascii")},
         )
         return await self._inner.handle_async_request(pinned)
 
