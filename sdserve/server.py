@@ -30,7 +30,7 @@ from sdserve.settings import Settings
 from sdserve.storage.factory import open_image_store
 from sdserve.storage.signing import UrlSigner, load_secret
 from sdserve.sweeper import run_sweeper
-from sdserve.webhooks import run_webhooks
+from sdserve.webhooks import RetryPolicy, load_webhook_secret, run_webhooks
 from sdserve.worker.supervisor import WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
             settings.fetch_timeout_s,
             settings.fetch_max_bytes,
             settings.loras_dir,
-            max_prompt_chars=settings.max_prompt_chars,
             urls=urls,
+            max_prompt_chars=settings.max_prompt_chars,
         ),
     )
     images = open_image_store(settings.storage, settings.images_dir)
@@ -106,7 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
                 run_webhooks(
                     store,
                     render_webhook,
-                    settings.webhook_attempts,
+                    load_webhook_secret(settings.webhook_secret, settings.data_dir),
+                    RetryPolicy(settings.webhook_retry_s, settings.webhook_horizon_s),
                     settings.webhook_timeout_s,
                     urls,
                 )

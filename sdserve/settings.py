@@ -58,8 +58,14 @@ class Settings(BaseSettings):
     """Seconds without a worker heartbeat before its running job goes back to the queue."""
     max_queue: int = Field(default=1000, ge=1)
     """Queued jobs per endpoint beyond which /run answers 429."""
-    webhook_attempts: int = Field(default=5, ge=1)
-    """Deliveries tried per webhook before giving up (exponential backoff)."""
+    webhook_retry_s: Annotated[list[float], NoDecode] = [5, 30, 120, 600, 1800, 3600]
+    """Seconds before each retry of a failed webhook (comma-separated in env); after the last,
+    its value repeats until the horizon. Each wait varies by up to 20% (jitter)."""
+    webhook_horizon_s: float = Field(default=86400.0, gt=0)
+    """Seconds after the event that a webhook is retried; then it is kept as failed (24 h)."""
+    webhook_secret: str | None = None
+    """`whsec_...` key signing webhooks (Standard Webhooks); default: generated once and kept in
+    the data directory. Every API node of a cluster needs the same one."""
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     """Seconds one webhook delivery may take."""
     fetch_timeout_s: float = Field(default=15.0, gt=0)
@@ -92,11 +98,20 @@ class Settings(BaseSettings):
             raise ValueError("database must be a postgresql:// URL (leave it unset for SQLite)")
         return value
 
-    @field_validator("model", "api_keys", "queues", "allow_url_networks", mode="before")
+    @field_validator(
+        "model", "api_keys", "queues", "webhook_retry_s", "allow_url_networks", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_s")
+    @classmethod
+    def _positive_waits(cls, value: list[float]) -> list[float]:
+        if not value or any(wait <= 0 for wait in value):
+            raise ValueError("webhook_retry_s must be one or more waits, each above 0 seconds")
         return value
 
     @property

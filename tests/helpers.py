@@ -207,16 +207,21 @@ def png_data_uri(image: Image.Image) -> str:
 
 
 class Receiver:
-    """A webhook receiver on loopback that fails its first `failures` deliveries."""
+    """A webhook receiver on loopback that fails its first `failures` deliveries (on `port`,
+    default a free one)."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, port: int = 0) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.raw: list[tuple[bytes, dict[str, str]]] = []
+        """Each delivery's body as sent, and its headers (lower-case names)."""
         self.failures = failures
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                receiver.raw.append((body, headers))
                 receiver.bodies.append(json.loads(body))
                 failing = len(receiver.bodies) <= receiver.failures
                 self.send_response(500 if failing else 200)
@@ -225,7 +230,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hook"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 

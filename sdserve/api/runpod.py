@@ -17,9 +17,11 @@ from sdserve.api.runpod_protocol import (
     PurgeResult,
     RunPodRequest,
     StreamChunk,
+    WebhookLog,
     render_brief,
     render_output,
     render_status,
+    render_webhook_log,
 )
 from sdserve.jobs.models import Job, JobPolicy
 from sdserve.jobs.requests import RequestDraft, prefixed
@@ -110,6 +112,14 @@ def retry(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> d
 def purge_queue(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Remove the caller's queued jobs of this endpoint."""
     return {"removed": caller.ctx.service.purge(caller.owner, endpoint), "status": "completed"}
+
+
+@router.get(_PREFIX + "/webhooks/{job_id}", response_model=WebhookLog)
+def webhooks(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> WebhookLog:
+    """The job's webhook deliveries not yet made: pending ones, and those that ran out of
+    retries (kept as failed until the job expires). Delivered ones are not listed."""
+    deliveries = caller.ctx.service.webhooks(caller.owner, endpoint, job_id)
+    return render_webhook_log(job_id, deliveries)
 
 
 @router.get(_PREFIX + "/health", response_model=Health)

@@ -9,6 +9,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, JsonValue
 
 from sdserve.canonical import MAX_SEED, ImageResult, Prompt
 from sdserve.jobs.models import Job, JobStatus
+from sdserve.jobs.store import WebhookDelivery
 from sdserve.registry import ModelFacts
 from sdserve.samplers import Scheduler
 
@@ -99,6 +100,44 @@ class PurgeResult(BaseModel):
 
     removed: int
     status: Literal["completed"]
+
+
+class WebhookRecord(BaseModel):
+    """A webhook delivery not yet delivered: `pending` (retried), or `failed` for good."""
+
+    model_config = _ANSWER
+
+    webhookId: str
+    """The `webhook-id` every try of this event is signed with."""
+    url: str
+    status: Literal["pending", "failed"]
+    attempts: int
+    lastError: str | None = None
+    failedAt: float | None = None
+
+
+class WebhookLog(BaseModel):
+    model_config = _ANSWER
+
+    id: str
+    webhooks: list[WebhookRecord]
+
+
+def render_webhook_log(job_id: str, deliveries: list[WebhookDelivery]) -> WebhookLog:
+    return WebhookLog(
+        id=job_id,
+        webhooks=[
+            WebhookRecord(
+                webhookId=d.event_id,
+                url=d.url,
+                status="failed" if d.failed_at is not None else "pending",
+                attempts=d.attempts,
+                lastError=d.last_error,
+                failedAt=d.failed_at,
+            )
+            for d in deliveries
+        ],
+    )
 
 
 class JobCountsBody(BaseModel):

@@ -5,6 +5,8 @@ Statements on a connection, run inside the store's transactions, for both backen
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -16,6 +18,16 @@ from sdserve.jobs.transitions import Transition
 
 WEBHOOK_LEASE_S = 60.0
 """A webhook being delivered is hidden this long from other deliverers (other API nodes)."""
+_DELIVERY = (
+    webhooks.c.id,
+    webhooks.c.job_id,
+    webhooks.c.url,
+    webhooks.c.attempts,
+    webhooks.c.event_id,
+    webhooks.c.created_at,
+    webhooks.c.failed_at,
+    webhooks.c.last_error,
+)
 
 
 def add_event(db: sa.Connection, job_id: str, step: int, total: int) -> None:
@@ -39,14 +51,22 @@ def queue_webhook(
 ) -> None:
     """Queue the job's webhook if it has one and `transition` is one it reports."""
     if url and transition.webhook:
-        db.execute(webhooks.insert().values(job_id=job_id, url=url, next_at=now))
+        db.execute(
+            webhooks.insert().values(
+                job_id=job_id,
+                url=url,
+                next_at=now,
+                event_id=f"msg_{uuid.uuid4().hex}",
+                created_at=now,
+            )
+        )
 
 
 def lease_webhooks(db: sa.Connection, now: float, limit: int) -> list[WebhookDelivery]:
     """Deliveries due now, hidden from other deliverers for `WEBHOOK_LEASE_S`."""
     due = (
         sa.select(webhooks.c.id)
-        .where(webhooks.c.next_at <= now)
+        .where(webhooks.c.next_at <= now, webhooks.c.failed_at.is_(None))
         .order_by(webhooks.c.next_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -55,23 +75,42 @@ def lease_webhooks(db: sa.Connection, now: float, limit: int) -> list[WebhookDel
         webhooks.update()
         .where(webhooks.c.id.in_(due))
         .values(next_at=now + WEBHOOK_LEASE_S)
-        .returning(webhooks.c.id, webhooks.c.job_id, webhooks.c.url, webhooks.c.attempts)
+        .returning(*_DELIVERY)
     ).all()
     ordered = sorted(rows, key=lambda row: int(row.id))
     return [WebhookDelivery(**row._mapping) for row in ordered]
 
 
 def webhook_attempted(
-    db: sa.Connection, delivery_id: int, delivered: bool, next_at: float | None
+    db: sa.Connection,
+    delivery_id: int,
+    delivered: bool,
+    next_at: float | None,
+    error: str | None = None,
 ) -> None:
-    if delivered or next_at is None:
-        db.execute(webhooks.delete().where(webhooks.c.id == delivery_id))
+    which = webhooks.c.id == delivery_id
+    if delivered:
+        db.execute(webhooks.delete().where(which))
+    elif next_at is None:
+        db.execute(
+            webhooks.update()
+            .where(which)
+            .values(attempts=webhooks.c.attempts + 1, failed_at=time.time(), last_error=error)
+        )
     else:
         db.execute(
             webhooks.update()
-            .where(webhooks.c.id == delivery_id)
-            .values(attempts=webhooks.c.attempts + 1, next_at=next_at)
+            .where(which)
+            .values(attempts=webhooks.c.attempts + 1, next_at=next_at, last_error=error)
         )
+
+
+def webhook_log(db: sa.Connection, job_id: str) -> list[WebhookDelivery]:
+    """The job's deliveries not yet delivered, pending or failed, oldest first."""
+    rows = db.execute(
+        sa.select(*_DELIVERY).where(webhooks.c.job_id == job_id).order_by(webhooks.c.id)
+    ).all()
+    return [WebhookDelivery(**row._mapping) for row in rows]
 
 
 def clear_events(db: sa.Connection, job_id: str) -> None:

@@ -73,6 +73,12 @@ webhooks = sa.Table(
     sa.Column("url", sa.Text, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("next_at", Seconds, nullable=False),
+    # The event's id, the same in every try's signature (`webhook-id`), and its time.
+    sa.Column("event_id", sa.Text),
+    sa.Column("created_at", Seconds),
+    # Set when the retries ran out: the delivery is kept, failed, until its job expires.
+    sa.Column("failed_at", Seconds),
+    sa.Column("last_error", sa.Text),
     sa.Index("sdserve_webhooks_due", "next_at"),
     sqlite_autoincrement=True,
 )

@@ -23,7 +23,7 @@ from sdserve.jobs.errors import (
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 from sdserve.jobs.outbound import check_url
 from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
-from sdserve.jobs.store import JobStore, WorkerInfo
+from sdserve.jobs.store import JobStore, WebhookDelivery, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import ModelRegistry, ModelSpec
 
@@ -183,6 +183,12 @@ class JobService:
     def workers(self) -> list[WorkerInfo]:
         """Workers that sent a heartbeat recently."""
         return self.store.workers(time.time() - self._heartbeat_timeout_s)
+
+    def webhooks(self, owner: str, endpoint: str, job_id: str) -> list[WebhookDelivery]:
+        """The caller's job's webhook deliveries not yet delivered: pending, or failed for good
+        (kept until the job expires)."""
+        self.get(owner, endpoint, job_id)
+        return self.store.webhook_log(job_id)
 
     def stream(self, owner: str, endpoint: str, job_id: str) -> tuple[Job, list[ProgressEvent]]:
         """Progress events not read before, and the job as it stands."""

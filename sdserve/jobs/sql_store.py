@@ -414,6 +414,12 @@ class SqlJobStore(JobStore):
         with self._tx() as db:
             return outbox.lease_webhooks(db, now, limit)
 
-    def webhook_attempted(self, delivery_id: int, delivered: bool, next_at: float | None) -> None:
+    def webhook_attempted(
+        self, delivery_id: int, delivered: bool, next_at: float | None, error: str | None = None
+    ) -> None:
         with self._tx() as db:
-            outbox.webhook_attempted(db, delivery_id, delivered, next_at)
+            outbox.webhook_attempted(db, delivery_id, delivered, next_at, error)
+
+    def webhook_log(self, job_id: str) -> list[WebhookDelivery]:
+        with self._read() as db:
+            return outbox.webhook_log(db, job_id)

@@ -52,12 +52,19 @@ def job_counts(by_status: Mapping[str, int], retried: int) -> JobCounts:
 
 
 class WebhookDelivery(BaseModel):
-    """A pending webhook POST for a finished job."""
+    """A webhook POST of a finished job: pending, or failed for good."""
 
     id: int
     job_id: str
     url: str
     attempts: int
+    """Tries made so far."""
+    event_id: str
+    """The event's id (`webhook-id`): the same in every try, so receivers can de-duplicate."""
+    created_at: float
+    """When the event happened; retries stop a horizon after it."""
+    failed_at: float | None = None
+    last_error: str | None = None
 
 
 class WorkerInfo(BaseModel):
@@ -175,8 +182,15 @@ class JobStore(ABC):
         """Webhook deliveries whose next attempt is due."""
 
     @abstractmethod
-    def webhook_attempted(self, delivery_id: int, delivered: bool, next_at: float | None) -> None:
-        """Record a delivery attempt: done when delivered or next_at is None, else retry then."""
+    def webhook_attempted(
+        self, delivery_id: int, delivered: bool, next_at: float | None, error: str | None = None
+    ) -> None:
+        """Record a delivery attempt: delivered (the record goes), to retry at `next_at`, or
+        failed for good when next_at is None (kept, with `error`, until the job expires)."""
+
+    @abstractmethod
+    def webhook_log(self, job_id: str) -> list[WebhookDelivery]:
+        """The job's webhook deliveries not yet delivered: pending or failed."""
 
     @abstractmethod
     def close(self) -> None:

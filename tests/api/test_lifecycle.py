@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import signal
 import subprocess
 import sys
@@ -13,10 +14,13 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.helpers import (
     Receiver,
     ServerProcess,
+    free_port,
     image_from_output,
     link_expiry,
     running_server,
@@ -46,11 +50,26 @@ def receiver() -> Iterator[Receiver]:
     r.http.shutdown()
 
 
-def test_webhook_posted_when_job_ends_and_retried(client: httpx.Client, receiver: Receiver) -> None:
+def verified(secret: str, receiver: Receiver) -> list[Any]:
+    """Each delivery's payload, checked against its Standard Webhooks signature."""
+    return [Webhook(secret).verify(body, headers) for body, headers in receiver.raw]
+
+
+def test_webhook_posted_when_job_ends_and_retried(
+    client: httpx.Client, receiver: Receiver, server: ServerProcess
+) -> None:
     r = client.post("/v2/default/run", json={"input": FAST, "webhook": receiver.url})
     job_id = r.json()["id"]
     bodies = receiver.wait(2)  # the first delivery fails with a 500, the retry succeeds
     assert len(bodies) == 2
+    # Both tries are signed with the server's key, as one event: the same webhook-id.
+    secret = (server.data_dir / "webhook-secret").read_text().strip()
+    assert verified(secret, receiver) == bodies
+    assert len({headers["webhook-id"] for _, headers in receiver.raw}) == 1
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + base64.b64encode(b"another key of 32 bytes........").decode()).verify(
+            *receiver.raw[0]
+        )
     # the same answer both times (an S3 presigned link is signed afresh each time)
     assert [unsigned(b) for b in bodies[:1]] == [unsigned(b) for b in bodies[1:]]
     assert bodies[1]["id"] == job_id and bodies[1]["status"] == "COMPLETED"
@@ -187,3 +206,74 @@ def test_open_loopback_server_base64_output_and_broken_model(
             f"{server.url}/v2/default/runsync", json={"input": FAST}, timeout=60
         ).json()
         assert body["status"] == "COMPLETED"
+
+
+SECRET = "whsec_" + base64.b64encode(b"a webhook key of thirty-two bytes").decode()
+
+
+@pytest.fixture(scope="module")
+def quick_retries(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Iterator[ServerProcess]:
+    """A server retrying webhooks after 0.5 s, then every 1 s, for 6 s, with a set key."""
+    env = {
+        "SDSERVE_WEBHOOK_RETRY_S": "0.5,1",
+        "SDSERVE_WEBHOOK_HORIZON_S": "6",
+        "SDSERVE_WEBHOOK_SECRET": SECRET,
+        "SDSERVE_WEBHOOK_TIMEOUT_S": "2",
+    }
+    data_dir = tmp_path_factory.mktemp("quick")
+    with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
+        yield srv
+
+
+def test_a_receiver_down_for_a_while_gets_each_event_once_signed(
+    quick_retries: ServerProcess,
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    with httpx.Client(base_url=quick_retries.url, timeout=60) as client:
+        ids = [
+            client.post("/v2/default/run", json={"input": FAST, "webhook": url}).json()["id"]
+            for _ in range(2)
+        ]
+        for job_id in ids:
+            wait_for(client, f"/v2/default/status/{job_id}", FINAL)
+        time.sleep(2)  # the first tries (at once, +0.5 s, +1 s...) find nobody listening
+        pending = client.get(f"/v2/default/webhooks/{ids[0]}").json()
+        assert pending["webhooks"][0]["status"] == "pending"
+        assert pending["webhooks"][0]["attempts"] >= 2
+        receiver = Receiver(port=port)
+        try:
+            receiver.wait(2, timeout_s=20)
+            time.sleep(2.5)  # nothing more comes: each event is delivered once
+            payloads = verified(SECRET, receiver)
+            assert sorted(p["id"] for p in payloads) == sorted(ids)
+            assert len({headers["webhook-id"] for _, headers in receiver.raw}) == 2
+            assert client.get(f"/v2/default/webhooks/{ids[0]}").json() == {
+                "id": ids[0],
+                "webhooks": [],
+            }
+        finally:
+            receiver.http.shutdown()
+
+
+def test_a_webhook_past_its_horizon_is_kept_as_failed(quick_retries: ServerProcess) -> None:
+    receiver = Receiver(failures=1000)
+    with httpx.Client(base_url=quick_retries.url, timeout=60) as client:
+        job_id = client.post(
+            "/v2/default/run", json={"input": FAST, "webhook": receiver.url}
+        ).json()["id"]
+        wait_for(client, f"/v2/default/status/{job_id}", FINAL)
+        log_url = f"/v2/default/webhooks/{job_id}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            [record] = client.get(log_url).json()["webhooks"]
+            if record["status"] == "failed":
+                break
+            time.sleep(0.2)
+    receiver.http.shutdown()
+    assert record["url"] == receiver.url and record["lastError"] == "HTTP 500"
+    assert record["attempts"] == len(receiver.raw) >= 4  # 0, ~0.5, ~1.5, ~2.5 ... until 6 s
+    assert len({headers["webhook-id"] for _, headers in receiver.raw}) == 1
+    assert record["webhookId"] == receiver.raw[0][1]["webhook-id"]

@@ -24,7 +24,7 @@ from sdserve.jobs.sqlite_store import SqliteJobStore, sqlite_engine
 from tests.pg import fresh_database
 
 LEGACY = Path(__file__).parent / "legacy"
-HEAD = "0002"
+HEAD = "0003"
 
 
 def upgrade_command(*options: str) -> list[str]:
@@ -129,12 +129,12 @@ def test_postgresql_database_of_v01_upgrades_in_place(postgres_from_v01: str) ->
 
 def test_fresh_databases_get_the_same_schema(tmp_path: Path) -> None:
     sqlite = sqlite_engine(tmp_path / "jobs.sqlite3", immediate=True)
-    assert migrate(sqlite) == ["0001", HEAD]
+    assert migrate(sqlite) == ["0001", "0002", HEAD]
     assert migrate(sqlite) == []
     assert schema_differences(sqlite) == []
     with fresh_database() as url:
         postgres = postgres_engine(url)
-        assert migrate(postgres) == ["0001", HEAD]
+        assert migrate(postgres) == ["0001", "0002", HEAD]
         assert schema_differences(postgres) == []
         with postgres.connect() as db:
             tables = set(sa.inspect(db).get_table_names())
@@ -166,7 +166,7 @@ def test_upgrade_command_upgrades_a_data_folder(tmp_path: Path) -> None:
         upgrade_command("--data-dir", str(tmp_path)), capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["sdserve", "schema", "revision", HEAD]
+    assert run.stdout.splitlines() == [f"sdserve schema revision {r}" for r in ("0002", HEAD)]
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM sdserve_jobs").fetchone() == (6,)
 

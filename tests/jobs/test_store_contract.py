@@ -61,6 +61,23 @@ def test_finish_sets_outputs_expiry_and_webhook(store: JobStore) -> None:
     assert store.due_webhooks(now + 101, 10)[0].attempts == 1
 
 
+def test_a_webhook_out_of_retries_is_kept_failed_and_a_delivered_one_goes(
+    store: JobStore,
+) -> None:
+    for job_id in ("a", "b"):
+        store.create(make_job(job_id))
+        store.claim("w", time.time())
+        store.finish(job_id, 1, JobStatus.FAILED, time.time(), error="x")
+    first, second = store.due_webhooks(time.time(), 10)
+    assert first.event_id.startswith("msg_") and first.event_id != second.event_id
+    store.webhook_attempted(first.id, False, None, "HTTP 503")
+    store.webhook_attempted(second.id, True, None)
+    assert store.due_webhooks(time.time() + 10**6, 10) == []
+    [kept] = store.webhook_log(first.job_id)
+    assert kept.failed_at is not None and kept.last_error == "HTTP 503" and kept.attempts == 1
+    assert store.webhook_log(second.job_id) == []
+
+
 def test_finish_of_a_stale_attempt_is_refused(store: JobStore) -> None:
     store.create(make_job("a"))
     store.claim("w1", time.time())
