@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import io
-import warnings
 
 import httpx
 from PIL import Image, ImageOps
@@ -15,7 +14,11 @@ from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.outbound import BadStatus, TooLarge, UrlPolicy, fetch_url
 
 _MAX_PIXELS = 64_000_000
-"""Larger images are refused before decoding (Pillow's decompression-bomb guard)."""
+"""Larger images are refused from their header, before decoding."""
+
+# That check replaces Pillow's own decompression-bomb guard, which refuses big images inside
+# `Image.open`, before their size can be reported: every untrusted image is opened here.
+Image.MAX_IMAGE_PIXELS = None
 
 
 async def fetch_bytes(
@@ -65,12 +68,14 @@ async def read_image(
 def open_image(field: str, data: bytes) -> Image.Image:
     """Decode image bytes, refusing what is not an image or is absurdly large."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > _MAX_PIXELS:
-                raise InvalidInput(field, f"image is larger than {_MAX_PIXELS} pixels")
-            image.load()
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        if image.width * image.height > _MAX_PIXELS:
+            raise InvalidInput(
+                field,
+                f"image is too large ({image.width} x {image.height},"
+                f" at most {_MAX_PIXELS} pixels)",
+            )
+        image.load()
     except InvalidInput:
         raise
     except Exception:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+import zlib
+
 import httpx
 import pytest
 from PIL import Image
@@ -12,6 +16,16 @@ from tests.helpers import ServerProcess, png_data_uri, wait_for
 MB = 1024 * 1024
 MASK_ONLY = "<a valid mask, no init_image>"
 INIT = png_data_uri(Image.new("RGB", (128, 128)))
+
+
+def png_header(width: int, height: int) -> str:
+    """Base64 of a PNG that claims `width` x `height` pixels in its header (a decompression
+    bomb's first bytes: whoever decodes it finds no pixel data)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    chunk = b"IHDR" + header
+    ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    iend = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + ihdr + iend).decode()
 
 
 def post_input(client: httpx.Client, input: dict[str, object]) -> httpx.Response:
@@ -47,6 +61,12 @@ def post_input(client: httpx.Client, input: dict[str, object]) -> httpx.Response
         ({"colour": "red"}, "input.colour", "unknown field"),
         ({"init_image": "not base64!!"}, "input.init_image", "http(s) URL, a data URI or base64"),
         ({"init_image": "aGVsbG8="}, "input.init_image", "not a readable image"),
+        (
+            {"init_image": png_header(20000, 20000)},
+            "input.init_image",
+            "image is too large (20000 x 20000, at most 64000000 pixels)",
+        ),
+        ({"init_image": png_header(9000, 9000)}, "input.init_image", "(9000 x 9000, at most"),
         ({"init_image": "http://127.0.0.1:9/x.png"}, "input.init_image", "could not fetch"),
         ({"scheduler": "IPNDM", "init_image": INIT}, "input.scheduler", "cannot start from"),
         ({"mask": MASK_ONLY}, "input.mask", "needs input.init_image"),
