@@ -92,13 +92,14 @@ def test_webhook_on_timeout(client: httpx.Client) -> None:
 
 
 def test_ttl_expiry_deletes_job_and_images(client: httpx.Client, server: ServerProcess) -> None:
-    r = client.post("/v2/default/runsync", json={"input": FAST, "policy": {"ttl": 1000}})
+    # 5 s of retention: time enough, on a loaded machine, to see the images before they go.
+    r = client.post("/v2/default/runsync", json={"input": FAST, "policy": {"ttl": 5000}})
     body = r.json()
     assert body["status"] == "COMPLETED"
     url = body["output"][0]["image"]
     assert httpx.get(url).status_code == 200
     assert stored_images(server, body["id"]) == ["0.png"]
-    deadline = time.time() + 10
+    deadline = time.time() + 20
     while client.get(f"/v2/default/status/{body['id']}").status_code != 404:
         assert time.time() < deadline, "job did not expire"
         time.sleep(0.2)
