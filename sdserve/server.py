@@ -19,6 +19,7 @@ from sdserve.api.context import ApiContext
 from sdserve.api.dialects import DIALECTS
 from sdserve.api.errors import install_error_handlers, renderer_for
 from sdserve.api.limits import MB, BodyLimitMiddleware
+from sdserve.api.ratelimit import RateLimits
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.models import Job
 from sdserve.jobs.outbound import UrlPolicy
@@ -75,6 +76,9 @@ def create_app(settings: Settings) -> FastAPI:
             urls=urls,
             max_prompt_chars=settings.max_prompt_chars,
         ),
+        # An open server has one user: there is no one to share fairly with.
+        max_queued_per_key=settings.max_queued_per_key if settings.api_keys else None,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
     )
     images = open_image_store(settings.storage, settings.images_dir)
     ctx = ApiContext(
@@ -83,6 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
         keys=KeyChecker(settings.api_keys),
         images=images,
         signer=UrlSigner(load_secret(settings.secret_key, settings.data_dir)),
+        rates=RateLimits(
+            settings.rate_limit if settings.api_keys else "none", settings.rate_limit_storage
+        ),
     )
 
     renderers = {d.name: d.render_webhook for d in DIALECTS if d.render_webhook is not None}

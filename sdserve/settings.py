@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
+import limits
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -58,6 +59,18 @@ class Settings(BaseSettings):
     """Seconds without a worker heartbeat before its running job goes back to the queue."""
     max_queue: int = Field(default=1000, ge=1)
     """Queued jobs per endpoint beyond which /run answers 429."""
+    max_queued_per_key: int = Field(default=100, ge=1)
+    """Queued jobs one API key may have, across endpoints, beyond which its submits answer
+    429: no key can fill a queue others share."""
+    rate_limit: str = "100/second;3000/minute"
+    """Requests per API key (`limits` notation, `;`-separated; `none` for no limit), counted
+    over every authenticated call; beyond it the call answers 429 with Retry-After. An open
+    server (no keys, loopback only) has one user and no limit."""
+    rate_limit_storage: str = "memory://"
+    """Where request counts are kept: `memory://` (this API process), or `redis://host:port`
+    so the limit holds across every API node of a cluster."""
+    idempotency_ttl_s: float = Field(default=86400.0, gt=0)
+    """Seconds an Idempotency-Key keeps naming the job it made (24 h)."""
     webhook_retry_s: Annotated[list[float], NoDecode] = [5, 30, 120, 600, 1800, 3600]
     """Seconds before each retry of a failed webhook (comma-separated in env); after the last,
     its value repeats until the horizon. Each wait varies by up to 20% (jitter)."""
@@ -112,6 +125,25 @@ class Settings(BaseSettings):
     def _positive_waits(cls, value: list[float]) -> list[float]:
         if not value or any(wait <= 0 for wait in value):
             raise ValueError("webhook_retry_s must be one or more waits, each above 0 seconds")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        if value.strip().lower() not in ("", "none"):
+            try:
+                limits.parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"rate_limit must be like '100/second;3000/minute' or 'none' (got {value!r})"
+                ) from None
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("rate_limit_storage must be memory:// or a redis:// URL")
         return value
 
     @property

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from sdserve.api.auth import KeyChecker
+from sdserve.api.ratelimit import RateLimits
 from sdserve.canonical import ImageResult
 from sdserve.jobs.models import Job
 from sdserve.jobs.service import JobService
@@ -23,6 +24,7 @@ class ApiContext:
     keys: KeyChecker
     images: ImageStore
     signer: UrlSigner
+    rates: RateLimits
 
     def base_url(self, request: Request | None) -> str:
         """Where clients reach this server: the setting, else the address they used."""
@@ -67,11 +69,6 @@ def get_context(request: Request) -> ApiContext:
     return ctx
 
 
-def get_owner(request: Request) -> str:
-    """The caller's owner id; 401 without a valid key."""
-    return get_context(request).keys.owner_of(request)
-
-
 @dataclass(frozen=True)
 class Caller:
     """An authenticated call: whose it is, and the server context to answer it with."""
@@ -84,6 +81,14 @@ class Caller:
         return self.ctx.image_link(job, self.ctx.base_url(self.request))
 
 
-def get_caller(request: Request) -> Caller:
-    """FastAPI dependency: the authenticated caller (401 without a valid key)."""
-    return Caller(owner=get_owner(request), ctx=get_context(request), request=request)
+async def admit(request: Request, owner: str) -> Caller:
+    """The caller `owner`, once its call is counted against its key's rate limit (429)."""
+    ctx = get_context(request)
+    await ctx.rates.hit(owner)
+    return Caller(owner=owner, ctx=ctx, request=request)
+
+
+async def get_caller(request: Request) -> Caller:
+    """FastAPI dependency: the authenticated caller (401 without a valid key, 429 past its
+    rate limit)."""
+    return await admit(request, get_context(request).keys.owner_of(request))

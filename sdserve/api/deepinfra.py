@@ -21,6 +21,7 @@ from sdserve.api.deepinfra_protocol import (
     render_queued,
 )
 from sdserve.api.dialect import Dialect
+from sdserve.api.idempotency import idempotency_of
 from sdserve.api.limits import MB
 from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import NotFound
@@ -78,6 +79,7 @@ async def _submit(caller: Caller, model: str, body: DeepInfraRequest) -> Job:
         fields=_FIELDS,
         webhook=str(body.webhook) if body.webhook else None,
         unknown_model=_model_not_found,
+        idempotency=await idempotency_of(caller.request),
     )
     return await caller.ctx.service.submit(draft, how)
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from sdserve.api.auth import Unauthorized
-from sdserve.jobs.errors import InvalidInput, JobError, QueueFull
+from sdserve.jobs.errors import InvalidInput, JobError, TooMany
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,11 @@ def _api_error(request: Request, exc: Exception) -> ApiError:
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return ApiError(400, message, errors)
     if isinstance(exc, InvalidInput):
-        return ApiError(400, exc.message, [{"field": exc.field, "message": exc.rule}])
-    if isinstance(exc, QueueFull):
-        return ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after_s)})
+        errors = [{"field": exc.field, "message": exc.rule}]
+        return ApiError(exc.status_code, exc.message, errors, code=exc.code)
+    if isinstance(exc, TooMany):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return ApiError(429, exc.message, headers=headers, code=exc.code)
     if isinstance(exc, JobError):
         return ApiError(exc.status_code, exc.message, code=exc.code)
     if isinstance(exc, Unauthorized):

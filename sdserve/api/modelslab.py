@@ -11,8 +11,9 @@ from pydantic import JsonValue
 from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.auth import Unauthorized, key_from_header
-from sdserve.api.context import ApiContext, Caller, get_context
+from sdserve.api.context import ApiContext, Caller, admit, get_context
 from sdserve.api.dialect import Dialect
+from sdserve.api.idempotency import idempotency_of
 from sdserve.api.modelslab_protocol import (
     Answer,
     ModelsLabFetch,
@@ -85,7 +86,7 @@ async def get_key_caller(request: Request) -> Caller:
     key = await _body_key(request) or key_from_header(request.headers.get("authorization"))
     if key is None and not ctx.keys.open:
         raise Unauthorized('missing API key: send "key" in the JSON body')
-    return Caller(owner=ctx.keys.owner(key), ctx=ctx, request=request)
+    return await admit(request, ctx.keys.owner(key))
 
 
 def _model_not_found(name: str, registry: ModelRegistry) -> InvalidInput:
@@ -136,6 +137,7 @@ async def _submit(caller: Caller, body: ModelsLabRequest, api: Api, mode: Mode) 
         extra=extra,
         unknown_model=_model_not_found,
         model_rules=lambda spec: body.check_dimensions(spec.rules.size),
+        idempotency=await idempotency_of(caller.request),
     )
     return await caller.ctx.service.submit(draft, how)
 

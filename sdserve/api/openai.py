@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import Caller, get_caller
 from sdserve.api.dialect import Dialect
+from sdserve.api.idempotency import idempotency_of
 from sdserve.api.openai_protocol import (
     ImageData,
     ImageEditRequest,
@@ -73,6 +74,7 @@ async def _submit(caller: Caller, body: ImageOptions, **given: object) -> Job:
         echo=body.model_dump(mode="json", exclude={"image", "mask"}, exclude_unset=True),
         fields=_FIELDS,
         unknown_model=ModelNotFound.of,
+        idempotency=await idempotency_of(caller.request),
     )
     return await caller.ctx.service.submit(draft, how)
 

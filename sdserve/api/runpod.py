@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
+from sdserve.api.idempotency import idempotency_of
 from sdserve.api.runpod_protocol import (
     MAX_WAIT_MS,
     Health,
@@ -55,6 +56,7 @@ async def _submit(caller: Caller, endpoint: str, body: RunPodRequest) -> Job:
         fields=_FIELDS,
         policy=policy,
         webhook=str(body.webhook) if body.webhook else None,
+        idempotency=await idempotency_of(caller.request),
     )
     return await caller.ctx.service.submit(draft, how)
 
@@ -124,9 +126,10 @@ def webhooks(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -
 
 @router.get(_PREFIX + "/health", response_model=Health)
 def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
-    """Job counts of this endpoint and the state of the workers."""
+    """The caller's own jobs of this endpoint by state (no key sees another's), and the
+    state of the workers, which all keys share."""
     spec = caller.ctx.service.resolve_endpoint(endpoint)
-    counts = caller.ctx.service.counts(endpoint)
+    counts = caller.ctx.service.counts(caller.owner, endpoint)
     workers = caller.ctx.service.workers()
     running = sum(1 for w in workers if w.job_id is not None)
     return {

@@ -57,12 +57,49 @@ class Conflict(JobError):
     status_code = 409
 
 
-class QueueFull(JobError):
-    status_code = 429
+class TooMany(JobError):
+    """Refused for now (429); the client may try again after `retry_after_s` seconds."""
 
-    def __init__(self, endpoint: str, retry_after_s: int) -> None:
-        super().__init__(f"the queue of endpoint {endpoint!r} is full; retry later")
+    status_code = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(f"{message}; retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class QueueFull(TooMany):
+    def __init__(self, endpoint: str, retry_after_s: int) -> None:
+        super().__init__(f"the queue of endpoint {endpoint!r} is full", retry_after_s)
+
+
+class QuotaFull(TooMany):
+    """The caller's key has as many queued jobs as it may."""
+
+    def __init__(self, quota: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"this API key already has {quota} queued jobs, its quota (max_queued_per_key)",
+            retry_after_s,
+        )
+
+
+class RateLimited(TooMany):
+    def __init__(self, limit: str, retry_after_s: int) -> None:
+        super().__init__(f"too many requests with this API key: at most {limit}", retry_after_s)
+
+
+class IdempotencyMismatch(InvalidInput):
+    """An Idempotency-Key reused with a different request (422, as the IETF draft says)."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+    def __init__(self, header: str, job_id: str) -> None:
+        super().__init__(
+            header,
+            f"was used for job {job_id} with a different request; use a new key for a new"
+            " request, or send the same request again to get that job",
+        )
 
 
 class ResultTimeout(JobError):

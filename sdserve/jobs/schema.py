@@ -51,6 +51,7 @@ jobs = sa.Table(
     sa.Index("sdserve_jobs_queue", "status", "low_priority", "created_at"),
     sa.Index("sdserve_jobs_endpoint", "endpoint", "status"),
     sa.Index("sdserve_jobs_expiry", "expires_at"),
+    sa.Index("sdserve_jobs_owner", "owner", "status"),
 )
 
 job_events = sa.Table(
@@ -83,13 +84,18 @@ webhooks = sa.Table(
     sqlite_autoincrement=True,
 )
 
-counters = sa.Table(
-    "sdserve_counters",
+idempotency = sa.Table(
+    "sdserve_idempotency",
     metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("request_hash", sa.Text, nullable=False),
+    sa.Column("job_id", sa.Text, nullable=False),
+    sa.Column("expires_at", Seconds, nullable=False),
+    sa.Index("sdserve_idempotency_expiry", "expires_at"),
 )
-"""Named counters: `job` hands out job numbers, never reusing those of deleted jobs."""
+"""Idempotency-Key headers: which job a key's submission made, for the same request again.
+Kept past the job's own retention, so a repeat after the job expired is told so."""
 
 workers = sa.Table(
     "sdserve_workers",

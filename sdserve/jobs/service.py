@@ -14,21 +14,33 @@ from sdserve.canonical import GenerationRequest
 from sdserve.jobs.errors import (
     Conflict,
     EndpointNotFound,
+    IdempotencyMismatch,
     InvalidInput,
     JobError,
     JobNotFound,
     QueueFull,
+    QuotaFull,
     ResultTimeout,
 )
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 from sdserve.jobs.outbound import check_url
 from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
-from sdserve.jobs.store import JobStore, WebhookDelivery, WorkerInfo
+from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken, WebhookDelivery, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import ModelRegistry, ModelSpec
 
 UnknownModel = Callable[[str, ModelRegistry], JobError]
 """How a dialect refuses a model name the registry lacks (given the name and the registry)."""
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """A client's Idempotency-Key and the hash of the request it came with."""
+
+    key: str
+    request_hash: str
+    header: str = "Idempotency-Key"
+    """The header's name, for errors."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ class Submission:
     unknown_model: UnknownModel = EndpointNotFound.of
     model_rules: Callable[[ModelSpec], None] | None = None
     """The dialect's own rules that depend on the model (ModelsLab's size limits)."""
+    idempotency: IdempotentRequest | None = None
+    """With a key, the same request again returns the job the first one made."""
 
 
 class JobService:
@@ -62,12 +76,18 @@ class JobService:
         max_queue: int,
         heartbeat_timeout_s: float,
         limits: InputLimits,
+        max_queued_per_key: int | None = None,
+        idempotency_ttl_s: float = 86400.0,
     ) -> None:
+        """`max_queued_per_key`: queued jobs an owner may have (None: no quota, as on an open
+        server's one owner). `idempotency_ttl_s`: how long an Idempotency-Key names its job."""
         self.store = store
         self.registry = registry
         self._limits = limits
         self._wake_workers = wake_workers
         self._max_queue = max_queue
+        self._max_queued_per_key = max_queued_per_key
+        self._idempotency_ttl_s = idempotency_ttl_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._watcher = watcher
 
@@ -90,7 +110,12 @@ class JobService:
 
     async def submit(self, draft: RequestDraft, how: Submission) -> Job:
         """Resolve the draft's model, check the draft against it, load its images and queue
-        the job; a worker is woken."""
+        the job; a worker is woken. A request with an Idempotency-Key made before gets the
+        job it made instead."""
+        if how.idempotency is not None:
+            earlier = await asyncio.to_thread(self._earlier_job, how.owner, how.idempotency)
+            if earlier is not None:
+                return earlier
         spec = self.resolve_endpoint(draft.model, how.unknown_model)
         if how.model_rules is not None:
             how.model_rules(spec)
@@ -100,9 +125,29 @@ class JobService:
         request = await build_request(spec, draft, how.fields, self._limits)
         return await asyncio.to_thread(self._queue, request, how)
 
+    def _earlier_job(self, owner: str, idempotency: IdempotentRequest) -> Job | None:
+        """The job this owner's Idempotency-Key made, if the request is the same; None if the
+        key is new."""
+        held = self.store.idempotent(owner, idempotency.key, time.time())
+        if held is None:
+            return None
+        request_hash, job_id = held
+        if request_hash != idempotency.request_hash:
+            raise IdempotencyMismatch(idempotency.header, job_id)
+        job = self.store.get(job_id)
+        if job is None:
+            raise Conflict(
+                f"{idempotency.header} {idempotency.key!r} made job {job_id}, which has expired"
+                " with its results; send a new key to generate again"
+            )
+        return job
+
     def _queue(self, request: GenerationRequest, how: Submission) -> Job:
         if self.store.queued(request.model) >= self._max_queue:
             raise QueueFull(request.model, retry_after_s=5)
+        quota = self._max_queued_per_key
+        if quota is not None and self.store.queued(owner=how.owner) >= quota:
+            raise QuotaFull(quota, retry_after_s=5)
         job = Job(
             id=str(uuid.uuid4()),
             owner=how.owner,
@@ -115,9 +160,24 @@ class JobService:
             dialect=how.dialect,
             extra=how.extra,
         )
-        job = job.model_copy(update={"number": self.store.create(job)})
+        key = None
+        if how.idempotency is not None:
+            expires_at = job.created_at + self._idempotency_ttl_s
+            key = IdempotencyKey(
+                key=how.idempotency.key,
+                request_hash=how.idempotency.request_hash,
+                expires_at=expires_at,
+            )
+        try:
+            number = self.store.create(job, key)
+        except KeyTaken:  # the same key, sent again at the same time: the first one won
+            assert how.idempotency is not None
+            earlier = self._earlier_job(how.owner, how.idempotency)
+            if earlier is None:
+                raise Conflict("the same Idempotency-Key is being submitted; retry") from None
+            return earlier
         self._wake_workers()
-        return job
+        return job.model_copy(update={"number": number})
 
     def get(self, owner: str, endpoint: str, job_id: str) -> Job:
         """The caller's job on this endpoint; another owner's job is reported as not found."""
@@ -177,8 +237,9 @@ class JobService:
         """Delete the caller's queued jobs of an endpoint."""
         return self.store.purge(owner, self.resolve_endpoint(endpoint).name)
 
-    def counts(self, endpoint: str) -> JobCounts:
-        return self.store.counts(self.resolve_endpoint(endpoint).name)
+    def counts(self, owner: str, endpoint: str) -> JobCounts:
+        """The owner's jobs of an endpoint, by state."""
+        return self.store.counts(self.resolve_endpoint(endpoint).name, owner)
 
     def workers(self) -> list[WorkerInfo]:
         """Workers that sent a heartbeat recently."""

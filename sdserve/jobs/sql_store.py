@@ -8,6 +8,7 @@ commits).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,20 +18,29 @@ import sqlalchemy as sa
 from sdserve.canonical import ImageResult
 from sdserve.jobs import outbox
 from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
+from sdserve.jobs.schema import idempotency as idempotency_keys
 from sdserve.jobs.schema import jobs, workers
-from sdserve.jobs.store import JobStore, WebhookDelivery, WorkerInfo, job_counts, job_from_row
+from sdserve.jobs.store import (
+    IdempotencyKey,
+    JobStore,
+    KeyTaken,
+    WebhookDelivery,
+    WorkerInfo,
+    job_counts,
+    job_from_row,
+)
 from sdserve.jobs.transitions import ENDINGS, TRANSITIONS, Op
 
-_NEXT_NUMBER = sa.text(
-    "INSERT INTO sdserve_counters (name, value) VALUES ('job', 1)"
-    " ON CONFLICT (name) DO UPDATE SET value = sdserve_counters.value + 1 RETURNING value"
-)
+NUMBERS = (2**32, 2**53)
+"""Job numbers are drawn at random from this range: ModelsLab's integer ids cannot be guessed
+or tell how many jobs others submit, and stay exact in JavaScript (below 2**53). Numbers of
+sdserve 0.1 were sequential from 1, below it."""
 _WORKER_ALIVE = sa.text(
     "INSERT INTO sdserve_workers (worker_id, heartbeat_at, job_id) VALUES (:worker, :now, :job)"
     " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = :now, job_id = :job"
 )
-# Neither differs between SQLite and PostgreSQL; upserts are the one thing SQLAlchemy Core
-# only offers per dialect, so they are plain SQL both run.
+# It does not differ between SQLite and PostgreSQL; upserts are the one thing SQLAlchemy Core
+# only offers per dialect, so it is plain SQL both run.
 
 
 def movable(op: Op) -> sa.ColumnElement[bool]:
@@ -99,38 +109,73 @@ class SqlJobStore(JobStore):
 
     # --- submit and read ------------------------------------------------------------------
 
-    def create(self, job: Job) -> int:
-        ttl_s = job.policy.ttl_ms / 1000 if job.policy.ttl_ms else self._default_ttl_s
-        timeout_ms = job.policy.execution_timeout_ms
-        with self._tx() as db:
-            # A counter, not MAX(number) + 1: numbers of deleted jobs are never handed out again.
-            number = int(db.execute(_NEXT_NUMBER).scalar_one())
-            db.execute(
-                jobs.insert().values(
-                    id=job.id,
-                    number=number,
-                    owner=job.owner,
-                    endpoint=job.endpoint,
-                    dialect=job.dialect,
-                    extra=job.extra,
-                    status=job.status.value,
-                    request=job.request.model_dump(mode="json"),
-                    input=job.input,
-                    policy=job.policy.model_dump(mode="json"),
-                    webhook=job.webhook,
-                    created_at=job.created_at,
-                    ttl_s=ttl_s,
-                    timeout_s=timeout_ms / 1000 if timeout_ms else None,
-                    low_priority=job.policy.low_priority,
-                )
-            )
+    def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> int:
+        for _ in range(3):  # a drawn number already taken: about one in 10**12 at 10**4 jobs
+            number = secrets.randbelow(NUMBERS[1] - NUMBERS[0]) + NUMBERS[0]
+            try:
+                with self._tx() as db:
+                    if idempotency is not None:
+                        self._hold_key(db, job, idempotency)
+                    db.execute(jobs.insert().values(number=number, **self._columns(job)))
+                break
+            except sa.exc.IntegrityError:
+                if idempotency is not None and self.idempotent(job.owner, idempotency.key, 0):
+                    raise KeyTaken(idempotency.key) from None
+        else:
+            raise RuntimeError("could not draw a free job number")
         try:
             self._deliver(job.id, job.endpoint, job.policy.low_priority)
         except BaseException:
             with self._tx() as db:  # never leave a job nobody will ever run
                 db.execute(jobs.delete().where(jobs.c.id == job.id))
+                db.execute(idempotency_keys.delete().where(idempotency_keys.c.job_id == job.id))
             raise
         return number
+
+    def _columns(self, job: Job) -> dict[str, Any]:
+        ttl_s = job.policy.ttl_ms / 1000 if job.policy.ttl_ms else self._default_ttl_s
+        timeout_ms = job.policy.execution_timeout_ms
+        return {
+            "id": job.id,
+            "owner": job.owner,
+            "endpoint": job.endpoint,
+            "dialect": job.dialect,
+            "extra": job.extra,
+            "status": job.status.value,
+            "request": job.request.model_dump(mode="json"),
+            "input": job.input,
+            "policy": job.policy.model_dump(mode="json"),
+            "webhook": job.webhook,
+            "created_at": job.created_at,
+            "ttl_s": ttl_s,
+            "timeout_s": timeout_ms / 1000 if timeout_ms else None,
+            "low_priority": job.policy.low_priority,
+        }
+
+    @staticmethod
+    def _hold_key(db: sa.Connection, job: Job, idempotency: IdempotencyKey) -> None:
+        """Record the key for this job; an expired record of the same key gives way."""
+        table = idempotency_keys
+        mine = (table.c.owner == job.owner, table.c.key == idempotency.key)
+        db.execute(table.delete().where(*mine, table.c.expires_at <= job.created_at))
+        db.execute(
+            table.insert().values(
+                owner=job.owner,
+                key=idempotency.key,
+                request_hash=idempotency.request_hash,
+                job_id=job.id,
+                expires_at=idempotency.expires_at,
+            )
+        )
+
+    def idempotent(self, owner: str, key: str, now: float) -> tuple[str, str] | None:
+        table = idempotency_keys
+        query = sa.select(table.c.request_hash, table.c.job_id).where(
+            table.c.owner == owner, table.c.key == key, table.c.expires_at > now
+        )
+        with self._read() as db:
+            row = db.execute(query).first()
+        return None if row is None else (row.request_hash, row.job_id)
 
     def get(self, job_id: str) -> Job | None:
         return self._one(jobs.c.id == job_id)
@@ -150,7 +195,7 @@ class SqlJobStore(JobStore):
             rows = db.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.id.in_(job_ids)))
             return {row.id: JobStatus(row.status) for row in rows}
 
-    def counts(self, endpoint: str) -> JobCounts:
+    def counts(self, endpoint: str, owner: str | None = None) -> JobCounts:
         query = (
             sa.select(
                 jobs.c.status, sa.func.count(), sa.func.coalesce(sa.func.sum(jobs.c.retried), 0)
@@ -158,14 +203,18 @@ class SqlJobStore(JobStore):
             .where(jobs.c.endpoint == endpoint)
             .group_by(jobs.c.status)
         )
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         with self._read() as db:
             rows = db.execute(query).all()
         return job_counts({row[0]: int(row[1]) for row in rows}, sum(int(r[2]) for r in rows))
 
-    def queued(self, endpoint: str) -> int:
-        query = sa.select(sa.func.count()).where(
-            jobs.c.endpoint == endpoint, jobs.c.status == JobStatus.IN_QUEUE.value
-        )
+    def queued(self, endpoint: str | None = None, owner: str | None = None) -> int:
+        query = sa.select(sa.func.count()).where(jobs.c.status == JobStatus.IN_QUEUE.value)
+        if endpoint is not None:
+            query = query.where(jobs.c.endpoint == endpoint)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         with self._read() as db:
             return int(db.execute(query).scalar_one())
 
@@ -399,6 +448,7 @@ class SqlJobStore(JobStore):
 
     def delete_expired(self, now: float) -> list[Job]:
         with self._tx() as db:
+            db.execute(idempotency_keys.delete().where(idempotency_keys.c.expires_at <= now))
             rows = self._delete(
                 db, (movable(Op.EXPIRE), jobs.c.expires_at.is_not(None), jobs.c.expires_at < now)
             )

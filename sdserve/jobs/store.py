@@ -73,12 +73,31 @@ class WorkerInfo(BaseModel):
     job_id: str | None
 
 
+class IdempotencyKey(BaseModel):
+    """A client's Idempotency-Key for one submission: the same key with the same request
+    (`request_hash`) makes the same job until `expires_at`."""
+
+    key: str
+    request_hash: str
+    expires_at: float
+
+
+class KeyTaken(Exception):
+    """Another submission holds this Idempotency-Key; nothing was created."""
+
+
 class JobStore(ABC):
     """Durable job state. Methods are synchronous and safe to call from any thread."""
 
     @abstractmethod
-    def create(self, job: Job) -> int:
-        """Insert a new IN_QUEUE job; return the number it was given."""
+    def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> int:
+        """Insert a new IN_QUEUE job; return the number it was given (random, unguessable).
+        With `idempotency`, record the key with the job in the same transaction: if the
+        owner's key is already held, raise `KeyTaken` and create nothing."""
+
+    @abstractmethod
+    def idempotent(self, owner: str, key: str, now: float) -> tuple[str, str] | None:
+        """The request hash and job id an owner's unexpired Idempotency-Key made, or None."""
 
     @abstractmethod
     def get_by_number(self, number: int) -> Job | None:
@@ -166,12 +185,12 @@ class JobStore(ABC):
         """Delete finished jobs whose retention has passed; return them."""
 
     @abstractmethod
-    def counts(self, endpoint: str) -> JobCounts:
-        """Jobs of an endpoint by state, for /health."""
+    def counts(self, endpoint: str, owner: str | None = None) -> JobCounts:
+        """Jobs of an endpoint by state, for /health: one owner's, or everyone's (None)."""
 
     @abstractmethod
-    def queued(self, endpoint: str) -> int:
-        """Number of queued jobs of an endpoint."""
+    def queued(self, endpoint: str | None = None, owner: str | None = None) -> int:
+        """Number of queued jobs: of an endpoint, of an owner (across endpoints), or both."""
 
     @abstractmethod
     def read_stream(self, job_id: str) -> list[ProgressEvent]:

@@ -19,12 +19,12 @@ from sdserve.jobs.migrate import migrate
 from sdserve.jobs.models import JobStatus
 from sdserve.jobs.pg_store import PostgresJobStore, postgres_engine
 from sdserve.jobs.schema import metadata
-from sdserve.jobs.sql_store import SqlJobStore
+from sdserve.jobs.sql_store import NUMBERS, SqlJobStore
 from sdserve.jobs.sqlite_store import SqliteJobStore, sqlite_engine
 from tests.pg import fresh_database
 
 LEGACY = Path(__file__).parent / "legacy"
-HEAD = "0003"
+HEAD = "0004"
 
 
 def upgrade_command(*options: str) -> list[str]:
@@ -95,11 +95,11 @@ def check_v01_jobs_survived(store: SqlJobStore) -> None:
     # Webhooks queued before the upgrade are still delivered.
     due = store.due_webhooks(time.time(), 10)
     assert sorted(d.job_id for d in due) == ["completed", "failed"]
-    # Numbers carry on from where 0.1 stopped; queued jobs run, normal before low priority.
+    # New numbers are drawn above 0.1's sequential ones; queued jobs run, normal before low.
     new = completed.model_copy(
         update={"id": "new", "status": JobStatus.IN_QUEUE, "outputs": [], "created_at": time.time()}
     )
-    assert store.create(new) == 7
+    assert NUMBERS[0] <= store.create(new) < NUMBERS[1]
     store.heartbeat("w2", None, time.time())
     claimed = [store.claim("w2", time.time()) for _ in range(3)]
     assert [job.id if job else None for job in claimed] == ["queued", "new", "queued-low"]
@@ -129,12 +129,12 @@ def test_postgresql_database_of_v01_upgrades_in_place(postgres_from_v01: str) ->
 
 def test_fresh_databases_get_the_same_schema(tmp_path: Path) -> None:
     sqlite = sqlite_engine(tmp_path / "jobs.sqlite3", immediate=True)
-    assert migrate(sqlite) == ["0001", "0002", HEAD]
+    assert migrate(sqlite) == ["0001", "0002", "0003", HEAD]
     assert migrate(sqlite) == []
     assert schema_differences(sqlite) == []
     with fresh_database() as url:
         postgres = postgres_engine(url)
-        assert migrate(postgres) == ["0001", "0002", HEAD]
+        assert migrate(postgres) == ["0001", "0002", "0003", HEAD]
         assert schema_differences(postgres) == []
         with postgres.connect() as db:
             tables = set(sa.inspect(db).get_table_names())
@@ -166,7 +166,9 @@ def test_upgrade_command_upgrades_a_data_folder(tmp_path: Path) -> None:
         upgrade_command("--data-dir", str(tmp_path)), capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [f"sdserve schema revision {r}" for r in ("0002", HEAD)]
+    assert run.stdout.splitlines() == [
+        f"sdserve schema revision {r}" for r in ("0002", "0003", HEAD)
+    ]
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM sdserve_jobs").fetchone() == (6,)
 

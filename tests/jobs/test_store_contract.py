@@ -8,7 +8,8 @@ import pytest
 
 from sdserve.canonical import ImageResult
 from sdserve.jobs.models import JobStatus
-from sdserve.jobs.store import JobStore
+from sdserve.jobs.sql_store import NUMBERS
+from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken
 from tests.jobs.conftest import OpenStore
 from tests.jobs.helpers import make_job
 
@@ -26,13 +27,46 @@ def test_create_get_round_trip(store: JobStore) -> None:
     assert store.get("missing") is None
 
 
-def test_numbers_are_never_reused(store: JobStore) -> None:
+def test_numbers_are_random_unique_and_never_reused(store: JobStore) -> None:
     first = store.create(make_job("a", ttl_ms=1000))
     store.claim("w", 100.0)
     store.finish("a", 1, JobStatus.COMPLETED, 100.0)
     store.delete_expired(200.0)
-    assert store.create(make_job("b")) > first
     assert store.get_by_number(first) is None
+    numbers = [first] + [store.create(make_job(f"j{i}")) for i in range(20)]
+    assert len(set(numbers)) == 21 and all(NUMBERS[0] <= n < NUMBERS[1] for n in numbers)
+    # Not handed out in sequence: the next number tells nothing about the last one.
+    assert sorted(numbers) != numbers or max(numbers) - min(numbers) > 10**6
+
+
+def test_an_idempotency_key_holds_one_job(store: JobStore) -> None:
+    now = time.time()
+    key = IdempotencyKey(key="k1", request_hash="h1", expires_at=now + 60)
+    store.create(make_job("a"), key)
+    assert store.idempotent("alice", "k1", now) == ("h1", "a")
+    assert store.idempotent("bob", "k1", now) is None  # keys are per owner
+    with pytest.raises(KeyTaken):
+        store.create(make_job("b"), key.model_copy(update={"request_hash": "h2"}))
+    assert store.get("b") is None  # nothing was created
+    store.create(make_job("c", owner="bob"), key)  # another owner's key of the same name
+    # Expired: not found, and a new submission may take the key.
+    assert store.idempotent("alice", "k1", now + 61) is None
+    later = make_job("d").model_copy(update={"created_at": now + 61})
+    store.create(later, IdempotencyKey(key="k1", request_hash="h3", expires_at=now + 120))
+    assert store.idempotent("alice", "k1", now + 62) == ("h3", "d")
+    store.delete_expired(now + 121)
+    assert store.idempotent("alice", "k1", 0) is None and store.idempotent("bob", "k1", 0) is None
+
+
+def test_counts_and_queued_per_owner(store: JobStore) -> None:
+    store.create(make_job("a1"))
+    store.create(make_job("a2", endpoint="other"))
+    store.create(make_job("b1", owner="bob"))
+    assert store.queued() == 3 and store.queued("default") == 2
+    assert store.queued(owner="alice") == 2 and store.queued("default", "alice") == 1
+    assert store.counts("default").in_queue == 2
+    assert store.counts("default", "bob").in_queue == 1
+    assert store.counts("default", "carol").in_queue == 0
 
 
 def test_claim_order_normal_before_low_priority_then_fifo(store: JobStore) -> None:
