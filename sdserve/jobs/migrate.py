@@ -32,18 +32,14 @@ def _config(db: sa.Connection) -> Config:
     return config
 
 
-def _unversioned_legacy(db: sa.Connection) -> bool:
+def _is_legacy(db: sa.Connection, current: str | None) -> bool:
     """Whether the database was made by a release before Alembic owned the schema."""
-    current = MigrationContext.configure(db).get_current_revision()
     return current is None and bool(_LEGACY_TABLES & set(sa.inspect(db).get_table_names()))
 
 
-def pending_revisions(db: sa.Connection) -> list[str]:
-    """The revisions this database still needs, oldest first."""
-    script = ScriptDirectory.from_config(_config(db))
-    current = MigrationContext.configure(db).get_current_revision()
-    if current is None and _unversioned_legacy(db):
-        current = BASELINE
+def _pending(config: Config, current: str | None) -> list[str]:
+    """The revisions a database at `current` still needs, oldest first."""
+    script = ScriptDirectory.from_config(config)
     return [rev.revision for rev in reversed(list(script.iterate_revisions("head", current)))]
 
 
@@ -53,9 +49,11 @@ def migrate(engine: sa.Engine) -> list[str]:
         if db.dialect.name == "postgresql":
             db.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:lock))"), {"lock": _LOCK})
         config = _config(db)
-        if _unversioned_legacy(db):
+        current = MigrationContext.configure(db).get_current_revision()
+        if _is_legacy(db, current):
             command.stamp(config, BASELINE)  # made by a release before Alembic: its baseline
-        pending = pending_revisions(db)
+            current = BASELINE
+        pending = _pending(config, current)
         if pending:
             command.upgrade(config, "head")
     for revision in pending:
