@@ -22,6 +22,7 @@ from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.pg_delivery import Deliveries, queue_name
 from sdserve.jobs.schema import jobs, workers
 from sdserve.jobs.sql_store import SqlJobStore
+from sdserve.jobs.transitions import TRANSITIONS, Op
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,17 @@ class PostgresJobStore(SqlJobStore):
         for delivery_id in delivery_ids:
             if delivery_id is not None:
                 self._deliveries.cancel(delivery_id)
+
+    def release(self, job_id: str, attempt: int) -> None:
+        query = sa.select(jobs.c.delivery_id, jobs.c.status).where(
+            jobs.c.id == job_id,
+            jobs.c.attempts == attempt,
+            jobs.c.status.in_(TRANSITIONS[Op.EXPIRE].source_values),
+        )
+        with self._read() as db:
+            row = db.execute(query).first()
+        if row is not None:
+            self._close_delivery(row.delivery_id, JobStatus(row.status))
 
     # --- workers: each sdserve worker stands as a procrastinate worker --------------------
 

@@ -322,15 +322,7 @@ class SqlJobStore(JobStore):
         return True
 
     def release(self, job_id: str, attempt: int) -> None:
-        query = sa.select(jobs.c.delivery_id, jobs.c.status).where(
-            jobs.c.id == job_id,
-            jobs.c.attempts == attempt,
-            jobs.c.status.in_(TRANSITIONS[Op.EXPIRE].source_values),
-        )
-        with self._read() as db:
-            row = db.execute(query).first()
-        if row is not None:
-            self._close_delivery(row.delivery_id, JobStatus(row.status))
+        """Nothing to free where jobs are not delivered (SQLite: workers query the table)."""
 
     # --- the owner's and the sweeper's transitions ----------------------------------------
 
