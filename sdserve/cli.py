@@ -165,8 +165,20 @@ def worker(
     storage: Storage = None,
     queue: Queues = None,
     threads: Threads = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this worker's Prometheus metrics at http://HOST:PORT/metrics"
+            " (env SDSERVE_METRICS_PORT) [default: none]."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address the metrics port listens on [default: 127.0.0.1]."),
+    ] = None,
 ) -> None:
-    """Run one worker (one per GPU) that takes jobs from the database; it needs no open port.
+    """Run one worker (one per GPU) that takes jobs from the database; it needs no open port
+    (but may serve its metrics on one).
 
     SIGTERM or Ctrl-C lets the running job finish, then exits; a second one exits at once
     (the job then goes back to its queue at the API nodes' next sweep).
@@ -184,8 +196,20 @@ def worker(
             "storage": storage,
             "queues": queue or None,
             "cpu_threads": threads,
+            "metrics_port": metrics_port,
+            "host": host,
         }
     )
+    if settings.metrics_port is not None:
+        from sdserve.metrics import serve_process_metrics
+
+        try:
+            serve_process_metrics(settings.host, settings.metrics_port)
+        except OSError as exc:
+            where = f"{settings.host}:{settings.metrics_port}"
+            raise typer.BadParameter(
+                f"cannot listen on {where}: {exc.strerror}", param_hint="--metrics-port"
+            ) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, _drain_then_exit(stop))
     signal.signal(signal.SIGINT, _drain_then_exit(stop))

@@ -12,13 +12,15 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from sdserve import __version__
+from sdserve import __version__, metrics
 from sdserve.api import files, loras, probes, runpod
+from sdserve.api import metrics as api_metrics
 from sdserve.api.auth import KeyChecker
 from sdserve.api.context import ApiContext
 from sdserve.api.dialects import DIALECTS
 from sdserve.api.errors import install_error_handlers, renderer_for
 from sdserve.api.limits import MB, BodyLimitMiddleware
+from sdserve.api.metrics import HttpMetricsMiddleware, RouteTemplates
 from sdserve.api.ratelimit import RateLimits
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.models import Job
@@ -133,25 +135,32 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.ctx = ctx
     render_for = renderer_for({p: r for d in DIALECTS for p, r in d.error_shapes.items()})
     install_error_handlers(app, render_for)
-    app.include_router(files.router)
-    app.include_router(loras.router)
-    app.include_router(probes.router)
+    routes = RouteTemplates()
+    for router in (files.router, loras.router, probes.router, api_metrics.router):
+        routes.include(app, router)
     for dialect in DIALECTS:
         for router, prefix in dialect.routers:
-            app.include_router(router, prefix=prefix)
+            routes.include(app, router, prefix)
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, render_for=render_for)
+    # Outside the body limit, so a refused body is timed too.
+    app.add_middleware(HttpMetricsMiddleware, templates=routes)
     return app
 
 
 def serve(settings: Settings) -> None:
     """Run the embedded server until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
-    log.info(
-        "sdserve %s on http://%s:%s (data in %s)",
-        __version__,
-        settings.host,
-        settings.port,
-        settings.data_dir,
-    )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    # This node's processes (this one, and the workers it spawns) record metrics there.
+    directory = metrics.open_node_directory()
+    try:
+        app = create_app(settings)
+        log.info(
+            "sdserve %s on http://%s:%s (data in %s)",
+            __version__,
+            settings.host,
+            settings.port,
+            settings.data_dir,
+        )
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        metrics.close_node_directory(directory)

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SDSERVE_", frozen=True, extra="forbid")
 
     host: str = "127.0.0.1"
-    """Address the HTTP API listens on."""
+    """Address the HTTP API (or `sdserve worker`'s metrics) listens on."""
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port of the HTTP API (0 picks a free one)."""
     data_dir: Path = Path("sdserve-data")
@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     """Run the safety check on every image (the model's own checker, else NudeNet)."""
     sweep_interval_s: float = Field(default=5.0, gt=0)
     """Seconds between sweeps for expired jobs and timed-out runs."""
+    metrics_public: bool = False
+    """Serve /metrics without an API key although keys are set (default: a key is needed;
+    a server without keys listens on loopback only)."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """`sdserve worker` only: serve the worker's own /metrics on this port, at `host`
+    (default: none; an API node serves its workers' metrics at its /metrics)."""
 
     @field_validator("database")
     @classmethod

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from sdserve import metrics
 from sdserve.jobs.models import Job
 from sdserve.jobs.outbound import UrlPolicy, guarded_client
 from sdserve.jobs.store import JobStore, WebhookDelivery
@@ -104,6 +105,7 @@ async def deliver(
     except httpx.HTTPError as exc:
         delivered, reason = False, type(exc).__name__
     next_at = None if delivered else retry.next_try_at(delivery, time.time())
+    metrics.webhook_tried("delivered" if delivered else "failed" if next_at is None else "retry")
     if not delivered:
         tries = delivery.attempts + 1
         if next_at is None:

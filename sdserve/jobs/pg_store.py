@@ -23,6 +23,7 @@ from sdserve.jobs.pg_delivery import Deliveries, queue_name
 from sdserve.jobs.schema import jobs, workers
 from sdserve.jobs.sql_store import SqlJobStore
 from sdserve.jobs.transitions import TRANSITIONS, Op
+from sdserve.metrics import Ending
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class PostgresJobStore(SqlJobStore):
     ) -> str | None:
         """Re-queue a stalled delivery's job, or fail it when out of attempts; its id if it was
         running."""
+        ended: list[Ending] = []
         with self._tx() as db:
             row = db.execute(
                 sa.select(jobs.c.id, jobs.c.status)
@@ -231,7 +233,9 @@ class PostgresJobStore(SqlJobStore):
             status = None if row is None else JobStatus(row.status)
             if row is not None and status == JobStatus.IN_PROGRESS:
                 recovered = str(row.id)
-                status = self._recover_run(db, row.id, max_attempts, now)
+                status = self._recover_run(db, row.id, max_attempts, now, ended)
+        for ending in ended:
+            ending.record()
         if status == JobStatus.IN_QUEUE:
             # Queued again (by us just now, or its worker died between taking the delivery and
             # starting the job): hand the delivery on.

@@ -241,6 +241,12 @@ class JobService:
         """The owner's jobs of an endpoint, by state."""
         return self.store.counts(self.resolve_endpoint(endpoint).name, owner)
 
+    def active_by_model(self) -> dict[str, JobCounts]:
+        """Queued and running jobs of every configured model, and of any other that has some."""
+        counts = {spec.name: JobCounts() for spec in self.registry.models}
+        counts.update(self.store.active_by_model())
+        return counts
+
     def workers(self) -> list[WorkerInfo]:
         """Workers that sent a heartbeat recently."""
         return self.store.workers(time.time() - self._heartbeat_timeout_s)

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sdserve import metrics
 from sdserve.canonical import ImageResult
 from sdserve.jobs import outbox
 from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
@@ -130,6 +131,7 @@ class SqlJobStore(JobStore):
                 db.execute(jobs.delete().where(jobs.c.id == job.id))
                 db.execute(idempotency_keys.delete().where(idempotency_keys.c.job_id == job.id))
             raise
+        metrics.job_submitted(job.endpoint)
         return number
 
     def _columns(self, job: Job) -> dict[str, Any]:
@@ -208,6 +210,20 @@ class SqlJobStore(JobStore):
         with self._read() as db:
             rows = db.execute(query).all()
         return job_counts({row[0]: int(row[1]) for row in rows}, sum(int(r[2]) for r in rows))
+
+    def active_by_model(self) -> dict[str, JobCounts]:
+        active = (JobStatus.IN_QUEUE.value, JobStatus.IN_PROGRESS.value)
+        query = (
+            sa.select(jobs.c.endpoint, jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_(active))
+            .group_by(jobs.c.endpoint, jobs.c.status)
+        )
+        with self._read() as db:
+            rows = db.execute(query).all()
+        by_model: dict[str, dict[str, int]] = {}
+        for endpoint, status, count in rows:
+            by_model.setdefault(endpoint, {})[status] = int(count)
+        return {model: job_counts(counts, 0) for model, counts in by_model.items()}
 
     def queued(self, endpoint: str | None = None, owner: str | None = None) -> int:
         query = sa.select(sa.func.count()).where(jobs.c.status == JobStatus.IN_QUEUE.value)
@@ -311,13 +327,14 @@ class SqlJobStore(JobStore):
                     outputs=[o.model_dump() for o in outputs or []],
                     error=error,
                 )
-                .returning(jobs.c.webhook, jobs.c.delivery_id)
+                .returning(jobs.c.webhook, jobs.c.delivery_id, jobs.c.endpoint, jobs.c.started_at)
             ).first()
             if row is not None:
                 outbox.queue_webhook(db, job_id, row.webhook, transition, now)
         if row is None:
             self.release(job_id, attempt)
             return False
+        metrics.Ending(row.endpoint, status.value, row.started_at, now).record()
         self._close_delivery(row.delivery_id, status)
         return True
 
@@ -334,9 +351,10 @@ class SqlJobStore(JobStore):
                 jobs.update()
                 .where(jobs.c.id == job_id, movable(Op.CANCEL))
                 .values(**_ended(target, now))
-                .returning(jobs.c.delivery_id)
+                .returning(jobs.c.delivery_id, jobs.c.endpoint, jobs.c.started_at)
             ).first()
         if delivery is not None:
+            metrics.Ending(delivery.endpoint, target.value, delivery.started_at, now).record()
             # Queued: it is never delivered. Running: its worker sees the new status (and, on
             # PostgreSQL, procrastinate's abort flag) at the next step.
             self._drop_deliveries([delivery.delivery_id])
@@ -387,12 +405,17 @@ class SqlJobStore(JobStore):
         return rows
 
     def _recover_run(
-        self, db: sa.Connection, job_id: str, max_attempts: int, now: float
+        self,
+        db: sa.Connection,
+        job_id: str,
+        max_attempts: int,
+        now: float,
+        ended: list[metrics.Ending],
     ) -> JobStatus | None:
-        """REQUEUE a dead worker's run, or GIVE_UP on it after `max_attempts` runs; the job's
-        status afterwards (None if it was not running)."""
+        """REQUEUE a dead worker's run, or GIVE_UP on it after `max_attempts` runs (added to
+        `ended`, to record after commit); the job's status afterwards (None if not running)."""
         row = db.execute(
-            sa.select(jobs.c.attempts, jobs.c.webhook).where(
+            sa.select(jobs.c.attempts, jobs.c.webhook, jobs.c.endpoint, jobs.c.started_at).where(
                 jobs.c.id == job_id, movable(Op.REQUEUE)
             )
         ).first()
@@ -418,6 +441,7 @@ class SqlJobStore(JobStore):
             .values(**_ended(give_up.target, now), error=giving_up_message(row.attempts))
         )
         outbox.queue_webhook(db, job_id, row.webhook, give_up, now)
+        ended.append(metrics.Ending(row.endpoint, give_up.target.value, row.started_at, now))
         return give_up.target
 
     def time_out_overdue(self, now: float) -> list[str]:
@@ -432,10 +456,12 @@ class SqlJobStore(JobStore):
                     jobs.c.started_at + jobs.c.timeout_s < now,
                 )
                 .values(**_ended(transition.target, now), error="execution timeout exceeded")
-                .returning(jobs.c.id, jobs.c.webhook)
+                .returning(jobs.c.id, jobs.c.webhook, jobs.c.endpoint, jobs.c.started_at)
             ).all()
             for row in rows:
                 outbox.queue_webhook(db, row.id, row.webhook, transition, now)
+        for row in rows:
+            metrics.Ending(row.endpoint, transition.target.value, row.started_at, now).record()
         return [row.id for row in rows]
 
     def delete_expired(self, now: float) -> list[Job]:

@@ -12,6 +12,7 @@ from sdserve.jobs.models import Job
 from sdserve.jobs.schema import jobs
 from sdserve.jobs.sql_store import SqlJobStore, movable
 from sdserve.jobs.transitions import Op
+from sdserve.metrics import Ending
 
 
 def sqlite_engine(path: Path, *, immediate: bool) -> sa.Engine:
@@ -63,8 +64,11 @@ class SqliteJobStore(SqlJobStore):
             if worker_ids is None
             else jobs.c.worker_id.in_(worker_ids)
         )
+        ended: list[Ending] = []
         with self._tx() as db:
             ids = list(db.execute(sa.select(jobs.c.id).where(movable(Op.REQUEUE), dead)).scalars())
             for job_id in ids:
-                self._recover_run(db, job_id, max_attempts, now)
+                self._recover_run(db, job_id, max_attempts, now, ended)
+        for ending in ended:
+            ending.record()
         return ids

@@ -189,6 +189,11 @@ class JobStore(ABC):
         """Jobs of an endpoint by state, for /health: one owner's, or everyone's (None)."""
 
     @abstractmethod
+    def active_by_model(self) -> dict[str, JobCounts]:
+        """Queued and running jobs of each model (endpoint) that has any, for /metrics; the
+        other counts are 0."""
+
+    @abstractmethod
     def queued(self, endpoint: str | None = None, owner: str | None = None) -> int:
         """Number of queued jobs: of an endpoint, of an owner (across endpoints), or both."""
 

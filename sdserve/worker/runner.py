@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from sdserve import metrics
 from sdserve.canonical import GenerationRequest, ImageResult
 from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.store import JobStore
@@ -83,9 +84,15 @@ class JobRunner:
     def run(self, job: Job) -> None:
         """Run a claimed job to its end; never raises for a job's own failure."""
         attempt = job.attempts
+        model = job.endpoint
+        metrics.run_started(model, (job.started_at or time.time()) - job.created_at)
+        clock = _StepClock()
         try:
             started = time.perf_counter()
-            results = self._generate(job.request, self._step_callback(job))
+            try:
+                results = self._generate(job.request, self._step_callback(job, clock))
+            finally:
+                clock.record(model)
             generated = time.perf_counter()
             outputs = [
                 ImageResult(
@@ -107,6 +114,7 @@ class JobRunner:
             self._fail(job, attempt, f"generation failed: {type(exc).__name__}: {exc}")
             return
         stored = time.perf_counter()
+        metrics.images_generated(model, len(outputs))
         self._store.finish(job.id, attempt, JobStatus.COMPLETED, time.time(), outputs=outputs)
         log.info(
             "job %s: generated in %.0f ms, stored in %.0f ms",
@@ -116,7 +124,7 @@ class JobRunner:
     def _fail(self, job: Job, attempt: int, message: str) -> None:
         self._store.finish(job.id, attempt, JobStatus.FAILED, time.time(), error=message)
 
-    def _step_callback(self, job: Job) -> Callable[[int, int], None]:
+    def _step_callback(self, job: Job, clock: _StepClock) -> Callable[[int, int], None]:
         attempt = job.attempts
         started = job.started_at or time.time()
         timeout_ms = job.policy.execution_timeout_ms
@@ -125,6 +133,7 @@ class JobRunner:
 
         def on_step(done: int, total: int) -> None:
             nonlocal last_write
+            clock.tick(done)
             now = time.time()
             if deadline is not None and now > deadline:
                 self._store.finish(
@@ -140,3 +149,23 @@ class JobRunner:
                 raise JobStopped()
 
         return on_step
+
+
+class _StepClock:
+    """Times a run's denoising from its first step's end to its last's, so steps/s leaves out
+    the model's loading and the prompt's encoding that come before the first step."""
+
+    def __init__(self) -> None:
+        self._first: tuple[int, float] | None = None
+        self._last: tuple[int, float] | None = None
+
+    def tick(self, done: int) -> None:
+        mark = (done, time.perf_counter())
+        if self._first is None:
+            self._first = mark
+        self._last = mark
+
+    def record(self, model: str) -> None:
+        if self._first is not None and self._last is not None and self._last[0] > self._first[0]:
+            steps = self._last[0] - self._first[0]
+            metrics.denoised(model, steps, self._last[1] - self._first[1])

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import SimpleQueue
 
+from sdserve import metrics
 from sdserve.jobs.store import JobStore
 from sdserve.settings import Settings
 from sdserve.worker.process import worker_main
@@ -79,6 +80,7 @@ class WorkerSupervisor:
                     "%s died (exit code %s); starting a new worker", worker_id, process.exitcode
                 )
                 del self._workers[worker_id]
+                metrics.process_died(process.pid)
                 requeued = self._store.requeue_orphans(
                     [worker_id], 0.0, self._settings.max_attempts, time.time()
                 )
@@ -99,4 +101,5 @@ class WorkerSupervisor:
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
+            metrics.process_died(process.pid)
             self._store.remove_worker(worker_id)

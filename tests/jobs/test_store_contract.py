@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from sdserve.canonical import ImageResult
 from sdserve.jobs.models import JobStatus
@@ -225,3 +226,53 @@ def test_workers_by_heartbeat(store: JobStore) -> None:
     assert {w.worker_id for w in store.workers(alive_since=150.0)} == {"w2"}
     store.remove_worker("w2")
     assert [w.worker_id for w in store.workers(alive_since=0)] == ["w1"]
+
+
+def test_active_jobs_by_model(store: JobStore) -> None:
+    for job_id, endpoint in [("a", "default"), ("b", "default"), ("c", "other")]:
+        store.create(make_job(job_id, endpoint=endpoint))
+    store.claim("w", time.time())  # "a" runs
+
+    def active() -> dict[str, tuple[int, int]]:
+        return {m: (c.in_queue, c.in_progress) for m, c in store.active_by_model().items()}
+
+    assert active() == {"default": (1, 1), "other": (1, 0)}
+    store.finish("a", 1, JobStatus.COMPLETED, time.time())
+    store.cancel("c", time.time())
+    assert active() == {"default": (1, 0)}
+
+
+def _finished(state: str) -> tuple[float, float]:
+    """How many jobs of model `m` ended in `state`, and how many of those had run."""
+    labels = {"model": "m", "state": state}
+    ended = REGISTRY.get_sample_value("sdserve_jobs_finished_total", labels) or 0.0
+    runs = REGISTRY.get_sample_value("sdserve_job_execution_seconds_count", labels) or 0.0
+    return ended, runs
+
+
+def test_each_final_state_is_counted_once_by_the_process_that_commits_it(
+    store: JobStore,
+) -> None:
+    states = ["COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"]
+    before = {state: _finished(state) for state in states}
+    now = time.time()
+    store.create(make_job("done", endpoint="m"))
+    store.claim("w", now)
+    assert store.finish("done", 1, JobStatus.COMPLETED, now + 2)
+    assert not store.finish("done", 1, JobStatus.COMPLETED, now + 3)  # not counted twice
+    store.create(make_job("queued", endpoint="m"))
+    store.cancel("queued", now)  # never ran: counted, with no run time
+    store.create(make_job("slow", endpoint="m", execution_timeout_ms=1000))
+    store.claim("w", now)
+    assert store.time_out_overdue(now + 10) == ["slow"]
+    store.create(make_job("dies", endpoint="m"))
+    store.claim("w", now)
+    store.requeue_orphans(["w"], 0, max_attempts=1, now=now + 1)  # given up: FAILED
+    after = {state: _finished(state) for state in states}
+    added = {s: (after[s][0] - before[s][0], after[s][1] - before[s][1]) for s in states}
+    assert added == {
+        "COMPLETED": (1, 1),
+        "FAILED": (1, 1),
+        "CANCELLED": (1, 0),
+        "TIMED_OUT": (1, 1),
+    }
