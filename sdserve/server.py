@@ -21,6 +21,7 @@ from sdserve.api.dialects import DIALECTS
 from sdserve.api.errors import install_error_handlers, renderer_for
 from sdserve.api.limits import MB, BodyLimitMiddleware
 from sdserve.api.metrics import HttpMetricsMiddleware, RouteTemplates
+from sdserve.api.openapi import install_openapi
 from sdserve.api.ratelimit import RateLimits
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.models import Job
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.loras_dir,
             urls=urls,
             max_prompt_chars=settings.max_prompt_chars,
+            compel_everywhere=settings.compel_everywhere,
         ),
         # An open server has one user: there is no one to share fairly with.
         max_queued_per_key=settings.max_queued_per_key if settings.api_keys else None,
@@ -135,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.ctx = ctx
     render_for = renderer_for({p: r for d in DIALECTS for p, r in d.error_shapes.items()})
     install_error_handlers(app, render_for)
+    install_openapi(app)
     routes = RouteTemplates()
     for router in (files.router, loras.router, probes.router, api_metrics.router):
         routes.include(app, router)

@@ -21,8 +21,10 @@ from sdserve.api.deepinfra_protocol import (
     render_queued,
 )
 from sdserve.api.dialect import Dialect
+from sdserve.api.errors import ErrorBody
 from sdserve.api.idempotency import idempotency_of
 from sdserve.api.limits import MB
+from sdserve.api.openapi import SUBMITTING, ErrorDocs
 from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import NotFound
 from sdserve.jobs.models import Job, JobStatus
@@ -40,6 +42,17 @@ FAILED_STATUS = 500
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _FIELDS = {"init_image": "image", "num_outputs": "num_images", "prompt_strength": "strength"}
 """Canonical names of DeepInfra's fields whose names differ."""
+
+
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        kind: {"schema": DeepInfraRequest.model_json_schema()}
+        for kind in ("application/json", "multipart/form-data")
+    },
+}
+"""The body as /openapi.json describes it: the route reads it by hand (JSON or a form with
+uploads), so FastAPI would not list it."""
 
 
 def _model_not_found(name: str, registry: ModelRegistry) -> NotFound:
@@ -95,7 +108,14 @@ def _data_uri(ctx: ApiContext) -> DataUri:
     "/v1/inference/{model:path}",
     response_model=InferenceAnswer,
     response_model_exclude_unset=True,
-    responses={FAILED_STATUS: {"model": InferenceAnswer, "description": "The job failed"}},
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses={
+        **ErrorDocs(ErrorBody).responses(*SUBMITTING, 504),
+        FAILED_STATUS: {
+            "model": InferenceAnswer,
+            "description": "The job failed: `error` says why",
+        },
+    },
 )
 async def inference(
     model: str, request: Request, caller: Caller = Depends(get_caller)

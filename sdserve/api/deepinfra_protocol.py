@@ -34,7 +34,7 @@ def _string_or_file(value: object) -> object:
     return value
 
 
-Size = Annotated[int, AfterValidator(_allowed_size)]
+Size = Annotated[int, AfterValidator(_allowed_size), Field(json_schema_extra={"enum": list(SIZES)})]
 _Blank = BeforeValidator(_empty_is_none)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from sdserve.api.auth import Unauthorized
@@ -59,16 +60,36 @@ class ApiError:
     """A short machine-readable reason (`JobError.code`), for shapes that carry one."""
 
 
+class FieldError(BaseModel):
+    """One bad field and the rule it breaks."""
+
+    field: str
+    """Its dotted path as the client sent it (`input.width`), or `body`."""
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """RunPod's and DeepInfra's error answer (and that of the calls outside any dialect)."""
+
+    error: str
+    """What went wrong, for a person to read."""
+    errors: list[FieldError] | None = None
+    """Each bad field with its rule (bad input only)."""
+
+
 ErrorRenderer = Callable[[ApiError], JSONResponse]
 RendererFor = Callable[[str], ErrorRenderer]
 
 
 def render_default(error: ApiError) -> JSONResponse:
     """RunPod's and DeepInfra's shape: `{"error": message, "errors": [...]}`."""
-    body: dict[str, Any] = {"error": error.message}
-    if error.errors:
-        body["errors"] = error.errors
-    return JSONResponse(body, error.status, headers=error.headers)
+    body = ErrorBody(error=error.message, errors=field_errors(error))
+    return JSONResponse(body.model_dump(exclude_none=True), error.status, headers=error.headers)
+
+
+def field_errors(error: ApiError) -> list[FieldError] | None:
+    """The bad fields of `error` as the answers carry them; None when it names none."""
+    return [FieldError.model_validate(e) for e in error.errors] or None
 
 
 def _api_error(request: Request, exc: Exception) -> ApiError:

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from sdserve.api.context import Caller, get_caller
+from sdserve.api.errors import ErrorBody
+from sdserve.api.openapi import AUTHENTICATED, ErrorDocs
 from sdserve.loras import list_loras
 
 router = APIRouter(tags=["loras"])
@@ -22,7 +24,9 @@ class LoraList(BaseModel):
     loras: list[Lora]
 
 
-@router.get("/v1/loras", response_model=LoraList)
+@router.get(
+    "/v1/loras", response_model=LoraList, responses=ErrorDocs(ErrorBody).responses(*AUTHENTICATED)
+)
 def get_loras(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """The installed LoRAs by name: the `.safetensors` files in the server's LoRA folder."""
     return {"loras": [{"name": name} for name in list_loras(caller.ctx.settings.loras_dir)]}

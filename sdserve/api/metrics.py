@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdserve import metrics
 from sdserve.api.context import ApiContext, get_context
+from sdserve.api.errors import ErrorBody
 from sdserve.jobs.service import JobService
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,10 @@ class StoreFacts(Collector):
             "content": {"text/plain": {"schema": {"type": "string"}}},
             "description": "Prometheus' text format",
         },
-        401: {"description": "API keys are set and none was sent (see SDSERVE_METRICS_PUBLIC)"},
+        401: {
+            "model": ErrorBody,
+            "description": "API keys are set and none was sent (see SDSERVE_METRICS_PUBLIC)",
+        },
     },
 )
 def scrape(request: Request, ctx: ApiContext = Depends(get_context)) -> Response:

@@ -16,6 +16,7 @@ from sdserve.api.dialect import Dialect
 from sdserve.api.idempotency import idempotency_of
 from sdserve.api.modelslab_protocol import (
     Answer,
+    ModelsLabError,
     ModelsLabFetch,
     ModelsLabRequest,
     render_error,
@@ -23,6 +24,7 @@ from sdserve.api.modelslab_protocol import (
     render_processing,
     render_success,
 )
+from sdserve.api.openapi import AUTHENTICATED, ErrorDocs
 from sdserve.jobs.errors import InvalidInput, JobNotFound
 from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.requests import RequestDraft
@@ -67,6 +69,11 @@ _FIELDS = {"mask": "mask_image", "num_outputs": "samples", "blank_nsfw": "safety
 router = APIRouter(tags=["modelslab"])
 _ANSWERS: dict[str, Any] = {"response_model": Answer, "response_model_exclude_unset": True}
 """Every route answers success, processing or error; track_id only where the request had one."""
+_ERRORS = ErrorDocs(ModelsLabError)
+# Bad input answers HTTP 200 (the error shape is among the 200 answers), so no 400 here.
+_GENERATION_ERRORS = _ERRORS.responses(*AUTHENTICATED, 404, 409, 413, 422)
+"""404: the job was deleted while the call waited for it (purged through another dialect)."""
+_FETCH_ERRORS = _ERRORS.responses(*AUTHENTICATED, 413)
 
 
 async def _body_key(request: Request) -> str | None:
@@ -235,10 +242,24 @@ async def fetch_by_body(
 
 
 for _path, _api, _mode in GENERATION_PATHS:
-    router.add_api_route(_path, _generation_route(_api, _mode), methods=["POST"], **_ANSWERS)
+    router.add_api_route(
+        _path,
+        _generation_route(_api, _mode),
+        methods=["POST"],
+        responses=_GENERATION_ERRORS,
+        **_ANSWERS,
+    )
 for _fetch_path in FETCH_PATHS.values():
-    router.add_api_route(_fetch_path + "/{request_id}", fetch_by_path, methods=["POST"], **_ANSWERS)
-    router.add_api_route(_fetch_path, fetch_by_body, methods=["POST"], **_ANSWERS)
+    router.add_api_route(
+        _fetch_path + "/{request_id}",
+        fetch_by_path,
+        methods=["POST"],
+        responses=_FETCH_ERRORS,
+        **_ANSWERS,
+    )
+    router.add_api_route(
+        _fetch_path, fetch_by_body, methods=["POST"], responses=_FETCH_ERRORS, **_ANSWERS
+    )
 
 
 def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from sdserve.api.errors import ApiError
+from sdserve.api.errors import ApiError, FieldError, field_errors
 from sdserve.canonical import MAX_SEED, Prompt, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.models import Job
@@ -169,13 +169,24 @@ _ANSWER = ConfigDict(extra="forbid")
 YesNoText = Literal["yes", "no"]
 
 
+class ModelsLabError(BaseModel):
+    """ModelsLab's error answer: at HTTP 200 for bad input (as ModelsLab answers it), at its
+    own status otherwise (401, 404, 409, 413, 429)."""
+
+    model_config = _ANSWER
+
+    status: Literal["error"]
+    message: str
+    """What went wrong, for a person to read."""
+    errors: list[FieldError] | None = None
+    """Each bad field with its rule (bad input only)."""
+
+
 def render_error(error: ApiError) -> JSONResponse:
     """ModelsLab's error shape; bad input answers HTTP 200 as ModelsLab does, 401 stays 401."""
-    body: dict[str, Any] = {"status": "error", "message": error.message}
-    if error.errors:
-        body["errors"] = error.errors
+    body = ModelsLabError(status="error", message=error.message, errors=field_errors(error))
     status = 200 if error.status == 400 else error.status
-    return JSONResponse(body, status, headers=error.headers)
+    return JSONResponse(body.model_dump(exclude_none=True), status, headers=error.headers)
 
 
 class ModelsLabMeta(BaseModel):
@@ -244,11 +255,10 @@ class ModelsLabFailure(BaseModel):
     track_id: int | str | None = None
 
 
-Answer = Annotated[
-    ModelsLabSuccess | ModelsLabProcessing | ModelsLabFailure, Field(discriminator="status")
-]
-"""Every answer of a generation or a fetch; bad input answers `{"status": "error", "message",
-"errors"}` without an id."""
+Answer = ModelsLabSuccess | ModelsLabProcessing | ModelsLabFailure | ModelsLabError
+"""Every HTTP 200 answer of a generation or a fetch: its job's success, progress or failure,
+or, for bad input, `{"status": "error", "message", "errors"}` without an id. (Not tagged by
+`status`: a failed job and bad input both answer "error".)"""
 
 
 def render_meta(job: Job) -> dict[str, Any]:

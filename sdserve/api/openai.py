@@ -19,11 +19,13 @@ from sdserve.api.openai_protocol import (
     ImagesResponse,
     ModelCard,
     ModelList,
+    OpenAIError,
     ResponseFormat,
     render_error,
     render_images,
     render_model,
 )
+from sdserve.api.openapi import AUTHENTICATED, SUBMITTING, ErrorDocs
 from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import JobError, NotFound
 from sdserve.jobs.models import Job, JobStatus
@@ -34,6 +36,9 @@ from sdserve.registry import ModelRegistry
 router = APIRouter(tags=["openai"])
 _OMIT_UNSET: dict[str, Any] = {"response_model_exclude_unset": True}
 """An image carries `url` or `b64_json`, never both."""
+_ERRORS = ErrorDocs(OpenAIError)
+_GENERATES = _ERRORS.responses(*SUBMITTING, 500, 504)
+"""500: the job failed; 504: it did not finish within SYNC_WAIT_S."""
 
 NAME = "openai"
 SYNC_WAIT_S = 540.0
@@ -102,7 +107,9 @@ async def _answer(caller: Caller, job: Job, response_format: ResponseFormat) -> 
     return await run_in_threadpool(render_images, job, image_data)
 
 
-@router.post("/v1/images/generations", response_model=ImagesResponse, **_OMIT_UNSET)
+@router.post(
+    "/v1/images/generations", response_model=ImagesResponse, responses=_GENERATES, **_OMIT_UNSET
+)
 async def create_image(
     body: ImageGenerationRequest, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -112,7 +119,7 @@ async def create_image(
     return await _answer(caller, job, body.response_format)
 
 
-@router.post("/v1/images/edits", response_model=ImagesResponse, **_OMIT_UNSET)
+@router.post("/v1/images/edits", response_model=ImagesResponse, responses=_GENERATES, **_OMIT_UNSET)
 async def edit_image(
     form: Annotated[ImageEditRequest, Form()], caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -130,7 +137,7 @@ async def edit_image(
     return await _answer(caller, job, form.response_format)
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=_ERRORS.responses(*AUTHENTICATED))
 def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Every model name and alias images can be asked of."""
     data = [
@@ -141,7 +148,11 @@ def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model:path}", response_model=ModelCard)
+@router.get(
+    "/v1/models/{model:path}",
+    response_model=ModelCard,
+    responses=_ERRORS.responses(*AUTHENTICATED, 404),
+)
 def retrieve_model(model: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """One model name or alias (404 naming those that exist)."""
     spec = caller.ctx.service.resolve_endpoint(model, ModelNotFound.of)

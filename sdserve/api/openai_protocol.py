@@ -216,23 +216,46 @@ _CODES = {401: "invalid_api_key", 413: "request_too_large", 429: "rate_limit_exc
 """`code` by status, where the error brings none of its own."""
 
 
-def _error_type(status: int) -> str:
+ErrorType = Literal["invalid_request_error", "requests", "server_error"]
+
+
+def _error_type(status: int) -> ErrorType:
     if status == 429:
         return "requests"  # what OpenAI's own rate-limit errors say
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
+class OpenAIErrorDetail(BaseModel):
+    model_config = _ANSWER
+
+    message: str
+    """What went wrong, for a person to read."""
+    type: ErrorType
+    param: str | None
+    """The field at fault, if one is."""
+    code: str | None
+    """A short machine-readable reason (`model_not_found`, `invalid_api_key`, `timeout`, ...)."""
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error answer."""
+
+    model_config = _ANSWER
+
+    error: OpenAIErrorDetail
+
+
 def render_error(error: ApiError) -> JSONResponse:
     """OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`."""
-    body = {
-        "message": error.message,
-        "type": _error_type(error.status),
-        "param": error.errors[0]["field"] if error.errors else None,
-        "code": error.code or _CODES.get(error.status),
-    }
+    detail = OpenAIErrorDetail(
+        message=error.message,
+        type=_error_type(error.status),
+        param=error.errors[0]["field"] if error.errors else None,
+        code=error.code or _CODES.get(error.status),
+    )
     headers = dict(error.headers)
     if error.status >= 500:
         # The openai SDK retries 5xx by default, queueing the work again; a failed generation
         # fails again, so it is told not to.
         headers["x-should-retry"] = "false"
-    return JSONResponse({"error": body}, error.status, headers=headers)
+    return JSONResponse(OpenAIError(error=detail).model_dump(), error.status, headers=headers)

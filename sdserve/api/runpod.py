@@ -9,7 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
+from sdserve.api.errors import ErrorBody
 from sdserve.api.idempotency import idempotency_of
+from sdserve.api.openapi import AUTHENTICATED, SUBMITTING, ErrorDocs
 from sdserve.api.runpod_protocol import (
     MAX_WAIT_MS,
     Health,
@@ -38,6 +40,12 @@ _FIELDS = prefixed("input.")
 DIALECT_NAME = "runpod"
 _OMIT_UNSET: dict[str, Any] = {"response_model_exclude_unset": True}
 """Answers leave out the keys a job has no value for (output, error, workerId), as RunPod's do."""
+_ERRORS = ErrorDocs(ErrorBody)
+_SUBMITS = _ERRORS.responses(*SUBMITTING)
+_READS = _ERRORS.responses(*AUTHENTICATED, 404)
+"""A GET naming an endpoint, and maybe a job, that may not exist."""
+_ACTS = _ERRORS.responses(*AUTHENTICATED, 404, 413)
+"""A POST naming an endpoint and maybe a job: its body is not read, but it is size-checked."""
 
 
 async def _submit(caller: Caller, endpoint: str, body: RunPodRequest) -> Job:
@@ -65,7 +73,7 @@ def _status(caller: Caller, job: Job) -> dict[str, Any]:
     return render_status(job, caller.status_link(job))
 
 
-@router.post(_PREFIX + "/run", response_model=JobBrief)
+@router.post(_PREFIX + "/run", response_model=JobBrief, responses=_SUBMITS)
 async def run(
     endpoint: str, body: RunPodRequest, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -73,7 +81,9 @@ async def run(
     return render_brief(await _submit(caller, endpoint, body))
 
 
-@router.post(_PREFIX + "/runsync", response_model=JobState | JobBrief, **_OMIT_UNSET)
+@router.post(
+    _PREFIX + "/runsync", response_model=JobState | JobBrief, responses=_SUBMITS, **_OMIT_UNSET
+)
 async def runsync(
     endpoint: str,
     body: RunPodRequest,
@@ -91,32 +101,36 @@ async def runsync(
     return await run_in_threadpool(_status, caller, job)
 
 
-@router.get(_PREFIX + "/status/{job_id}", response_model=JobState, **_OMIT_UNSET)
-@router.post(_PREFIX + "/status/{job_id}", response_model=JobState, **_OMIT_UNSET)
+@router.get(_PREFIX + "/status/{job_id}", response_model=JobState, responses=_READS, **_OMIT_UNSET)
+@router.post(_PREFIX + "/status/{job_id}", response_model=JobState, responses=_ACTS, **_OMIT_UNSET)
 def status(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """The job's state, timings, and output once done."""
     return _status(caller, caller.ctx.service.get(caller.owner, endpoint, job_id))
 
 
-@router.post(_PREFIX + "/cancel/{job_id}", response_model=JobBrief)
+@router.post(_PREFIX + "/cancel/{job_id}", response_model=JobBrief, responses=_ACTS)
 def cancel(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Cancel a queued or running job; a running one stops at its next denoising step."""
     return render_brief(caller.ctx.service.cancel(caller.owner, endpoint, job_id))
 
 
-@router.post(_PREFIX + "/retry/{job_id}", response_model=JobBrief)
+@router.post(
+    _PREFIX + "/retry/{job_id}",
+    response_model=JobBrief,
+    responses=_ERRORS.responses(*AUTHENTICATED, 404, 409, 413),
+)
 def retry(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Run a FAILED or TIMED_OUT job again under the same id."""
     return render_brief(caller.ctx.service.retry(caller.owner, endpoint, job_id))
 
 
-@router.post(_PREFIX + "/purge-queue", response_model=PurgeResult)
+@router.post(_PREFIX + "/purge-queue", response_model=PurgeResult, responses=_ACTS)
 def purge_queue(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Remove the caller's queued jobs of this endpoint."""
     return {"removed": caller.ctx.service.purge(caller.owner, endpoint), "status": "completed"}
 
 
-@router.get(_PREFIX + "/webhooks/{job_id}", response_model=WebhookLog)
+@router.get(_PREFIX + "/webhooks/{job_id}", response_model=WebhookLog, responses=_READS)
 def webhooks(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> WebhookLog:
     """The job's webhook deliveries not yet made: pending ones, and those that ran out of
     retries (kept as failed until the job expires). Delivered ones are not listed."""
@@ -124,7 +138,7 @@ def webhooks(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -
     return render_webhook_log(job_id, deliveries)
 
 
-@router.get(_PREFIX + "/health", response_model=Health)
+@router.get(_PREFIX + "/health", response_model=Health, responses=_READS)
 def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """The caller's own jobs of this endpoint by state (no key sees another's), and the
     state of the workers, which all keys share."""
@@ -147,7 +161,9 @@ def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any
     }
 
 
-@router.get(_PREFIX + "/stream/{job_id}", response_model=StreamChunk, **_OMIT_UNSET)
+@router.get(
+    _PREFIX + "/stream/{job_id}", response_model=StreamChunk, responses=_READS, **_OMIT_UNSET
+)
 def stream(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Progress events not read before; once the job is done, its output too."""
     job, events = caller.ctx.service.stream(caller.owner, endpoint, job_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyparsing
 import torch
 from compel import Compel, CompelForSDXL
 
@@ -18,6 +19,7 @@ def weighted_embeddings(
     Only families whose text encoders are all CLIP (SD 1.x, 2.x, SDXL); the API refuses
     compel for the others.
     """
+    memoize_parsing()
     if family == "sdxl":
         # SDXL conditions on both encoders' hidden states and the second one's pooled output.
         conditioning = CompelForSDXL(pipe)(main_prompt=prompt, negative_prompt=negative_prompt)
@@ -34,3 +36,11 @@ def weighted_embeddings(
     )
     embeddings = compel([prompt, negative_prompt])
     return {"prompt_embeds": embeddings[0:1], "negative_prompt_embeds": embeddings[1:2]}
+
+
+def memoize_parsing() -> None:
+    """Turn on pyparsing's packrat memo, which compel's prompt grammar needs to parse in time."""
+    # Without it the grammar backtracks through nested parentheses: "(((((((a)))))))" took 37 s
+    # and each further level about 4x longer (bench/compel_cost.py); with it, milliseconds.
+    # Enabling it again is a no-op; the memo is cleared at the start of each parse.
+    pyparsing.ParserElement.enable_packrat()

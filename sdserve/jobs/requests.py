@@ -27,6 +27,15 @@ RANDOM_SEED_BOUND = 2**32
 """Random seeds are drawn below this, as A1111 does, so they are easy to read and type."""
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 """C0 controls but tab and newlines, DEL, and lone surrogates (half a UTF-16 pair, no text)."""
+MAX_COMPEL_NESTING = 8
+"""Deepest nesting of parentheses in a prompt compel parses: its parser recurses per level and
+overflows Python's stack near 48."""
+MAX_COMPEL_PARTS = 16
+"""Most weighted or combined parts in a prompt compel parses: each part weighted below 1 costs
+the text encoder another pass over the whole prompt, each `.and()`/`.blend()` part a pass of its
+own (bench/compel_cost.py)."""
+_WEIGHT_SUFFIX = re.compile(r'(?<=[^\s\\(,"])[+-]+(?=[\s,.()"]|$)')
+"""A run of `+` or `-` ending a word: compel's up- or down-weighting of that word."""
 
 
 def check_size(field: str, value: int, spec: ModelSpec) -> None:
@@ -65,6 +74,40 @@ def check_prompt(field: str, value: str, max_chars: int | None) -> None:
         kind = "lone surrogates" if "\ud800" <= char <= "\udfff" else "control characters"
         raise InvalidInput(
             field, f"must not contain {kind} (got U+{ord(char):04X} at position {found.start()})"
+        )
+
+
+def check_compel_prompt(field: str, value: str) -> None:
+    """A prompt compel will parse: nesting and weighted parts bounded, so that its parse and its
+    text-encoder passes stay within a small multiple of a plain prompt's."""
+    depth = deepest = parts = 0
+    escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True  # `\(` is a literal parenthesis to compel
+        elif char == "(":
+            depth += 1
+            parts += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth = max(0, depth - 1)
+        elif char == "," and depth:
+            parts += 1  # a part of a .and() or .blend() list, or of a weighted group
+    parts += value.count('"') // 2 + len(_WEIGHT_SUFFIX.findall(value))
+    if deepest > MAX_COMPEL_NESTING:
+        raise InvalidInput(
+            field,
+            f"must nest parentheses at most {MAX_COMPEL_NESTING} deep when compel weights it"
+            f" (got {deepest})",
+        )
+    if parts > MAX_COMPEL_PARTS:
+        raise InvalidInput(
+            field,
+            f"must have at most {MAX_COMPEL_PARTS} weighted or combined parts when compel weights"
+            f" it (got {parts}; each '(', quoted part, '+' or '-' ending a word, and ',' inside"
+            " parentheses counts one)",
         )
 
 
@@ -156,6 +199,8 @@ class InputLimits:
     refuses the job instead, as FAILED."""
     max_prompt_chars: int | None = None
     """Longest prompt or negative prompt accepted, in characters. None: no limit."""
+    compel_everywhere: bool = False
+    """Every prompt is parsed by compel where the model's family allows it, asked for or not."""
     urls: UrlPolicy = field(default_factory=UrlPolicy)
     """Non-public networks and hosts image URLs may reach (default: none)."""
 
@@ -172,6 +217,9 @@ async def build_request(
         scheduler = rules.scheduler
     check_prompt(_named(fields, "prompt"), draft.prompt, limits.max_prompt_chars)
     check_prompt(_named(fields, "negative_prompt"), draft.negative_prompt, limits.max_prompt_chars)
+    if (draft.use_compel or limits.compel_everywhere) and rules.family.compel:
+        check_compel_prompt(_named(fields, "prompt"), draft.prompt)
+        check_compel_prompt(_named(fields, "negative_prompt"), draft.negative_prompt)
     check_size(_named(fields, "width"), width, spec)
     check_size(_named(fields, "height"), height, spec)
     check_scheduler(_named(fields, "scheduler"), scheduler, spec, bool(draft.init_image))

@@ -261,3 +261,29 @@ def test_openai_prompt_rules_name_the_field(
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and rule in error["message"], error
+
+
+NESTED = "a " + "(" * 9 + "red" + ")" * 9 + " circle"
+"""Nine levels: one past what compel may parse (its parse grows about 4x a level)."""
+
+
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("prompt", {"prompt": NESTED}),
+        ("negative_prompt", {"prompt": "a circle", "negative_prompt": "blur- " * 17}),
+    ],
+)
+def test_a_prompt_costly_for_compel_is_a_400_when_compel_parses_it(
+    client: httpx.Client, field: str, fields: dict[str, str]
+) -> None:
+    r = client.post("/v1/inference/default", json={**fields, "use_compel": True})
+    assert r.status_code == 400, r.text
+    [error] = r.json()["errors"]
+    assert error["field"] == field and "when compel weights it" in error["message"], error
+
+
+def test_the_same_prompt_without_compel_is_plain_text(client: httpx.Client) -> None:
+    r = post_input(client, {"prompt": NESTED, "width": 128, "height": 128})
+    assert r.status_code == 200, r.text
+    client.post(f"/v2/default/cancel/{r.json()['id']}")

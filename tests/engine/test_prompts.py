@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pyparsing
 import pytest
+from compel.prompt_parser import PromptParser
 
 from sdserve.canonical import GenerationRequest
 from sdserve.engine.generate import EngineOptions, generate
 from sdserve.engine.pipelines import PipelineSet
+from sdserve.engine.prompts import memoize_parsing
+from sdserve.jobs.requests import MAX_COMPEL_NESTING
 
 from .helpers import ignore_steps, init_image, make_request, pixels, square_mask
 
@@ -79,3 +83,35 @@ def test_weighting_works_from_an_init_image(pipes: PipelineSet, mode: str) -> No
     weighted = _pixels(pipes, make_request(prompt=WEIGHTED, use_compel=True, **images))
 
     assert not np.array_equal(weighted, _pixels(pipes, make_request(prompt=WEIGHTED, **images)))
+
+
+READINGS = [
+    "a (red)1.5 circle",
+    "a red++ circle-- on blue",
+    "((((a red circle))))1.2, (blue)0.5 background",
+    '("a red circle", "a blue square").blend(0.7, 0.3)',
+    '("a red circle", "a blue square").and()',
+    "a (red, round)1.3 circle.attend(0.8)",
+    "a \\(literal\\) parenthesis",
+]
+
+
+def test_memoized_parsing_reads_prompts_as_compel_does() -> None:
+    # The engine turns on pyparsing's packrat memo (an exponential parse otherwise): it must
+    # not change how compel reads any prompt.
+    parser = PromptParser()
+    pyparsing.ParserElement.disable_memoization()
+    try:
+        plain = [repr(parser.parse_conjunction(prompt)) for prompt in READINGS]
+    finally:
+        memoize_parsing()
+    assert [repr(parser.parse_conjunction(prompt)) for prompt in READINGS] == plain
+    assert "Fragment:'red'@1.5" in plain[0] and "Blend" in plain[3]
+
+
+def test_a_prompt_nested_as_deep_as_the_api_allows_generates(pipes: PipelineSet) -> None:
+    # Seven levels took compel's unmemoized parser 37 s, each level about 4x more; 48 overflow
+    # its recursion (bench/compel_cost.py).
+    depth = MAX_COMPEL_NESTING
+    nested = "a " + "(" * depth + "red" + ")" * depth + " circle"
+    _pixels(pipes, make_request(prompt=nested, use_compel=True))
