@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's own variable: processes spawned later read it when they import it."""
+_PREFIX = "sdserve-metrics-"
+"""A node's directory is `<temp>/sdserve-metrics-<pid of its server>-<random>`."""
 
 WebhookOutcome = Literal["delivered", "retry", "failed"]
 
@@ -139,12 +141,32 @@ def http_answered(method: str, route: str, status: int, seconds: float) -> None:
 def open_node_directory() -> Path:
     """Make this process record in a new, empty directory, which the processes it starts
     afterwards inherit; call before anything is recorded. The caller removes it at exit."""
-    directory = Path(tempfile.mkdtemp(prefix="sdserve-metrics-"))
+    parent = Path(tempfile.gettempdir())
+    remove_stale_directories(parent)
+    directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
     os.environ[_DIRECTORY_VARIABLE] = str(directory)
     # prometheus-client picks its value class when first imported, which may have been before
     # the directory existed; every sample is labelled, so none has a value yet.
     values.ValueClass = _multi_process_value()
     return directory
+
+
+def remove_stale_directories(parent: Path) -> None:
+    """Remove the directories in `parent` of nodes killed before they could (`kill -9`)."""
+    for path in parent.glob(f"{_PREFIX}*-*"):
+        pid = path.name.removeprefix(_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def close_node_directory(directory: Path) -> None:
