@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.queues import SimpleQueue
-from multiprocessing.synchronize import Event
+from multiprocessing.synchronize import Semaphore
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
 def worker_main(
     settings: Settings,
     worker_id: str,
-    wake: Event | None,
+    wake: Semaphore | None,
     events: SimpleQueue[str | None] | None,
     parent_pid: int | None,
     stop: threading.Event | None = None,
@@ -140,8 +140,6 @@ def worker_main(
     stop = stop or threading.Event()
     try:
         while not stop.is_set():
-            if wake is not None:
-                wake.clear()
             try:
                 job = store.claim(worker_id, time.time())
             except Exception:  # the database is away: wait for it rather than exit
@@ -150,7 +148,7 @@ def worker_main(
                 continue
             if job is None:
                 if wake is not None and settings.database is None:
-                    wake.wait(_IDLE_WAIT_S)  # the embedded server wakes its own workers
+                    wake.acquire(timeout=_IDLE_WAIT_S)  # the embedded server wakes its workers
                 else:
                     store.wait_for_jobs(_IDLE_WAIT_S)
                 continue

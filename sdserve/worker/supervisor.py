@@ -36,7 +36,10 @@ class WorkerSupervisor:
         self._store = store
         self._count = count
         self._ctx = multiprocessing.get_context("spawn")
-        self._wake = self._ctx.Event()
+        # A semaphore, not an Event: an Event's lock held by a worker killed while waiting
+        # on it would block every later set() (and so every submit) for good; releasing a
+        # semaphore never waits for anyone.
+        self._wake = self._ctx.Semaphore(0)
         # Workers report finished jobs here, so waiters wake at once without polling.
         self._events: SimpleQueue[str | None] = self._ctx.SimpleQueue()
         self._on_job_event = on_job_event
@@ -46,8 +49,10 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._watch, daemon=True, name="supervisor")
 
     def wake(self) -> None:
-        """Tell idle workers that a job is waiting."""
-        self._wake.set()
+        """Tell an idle worker that a job is waiting (wake-ups beyond one per worker would
+        only send workers to find nothing)."""
+        if self._wake.get_value() < max(self._count, 1):
+            self._wake.release()
 
     def start(self) -> None:
         for _ in range(self._count):
