@@ -87,7 +87,7 @@ def test_a_malformed_key_is_a_400_naming_the_header(client: httpx.Client, value:
     assert r.json()["errors"][0]["field"] == HEADER
 
 
-def test_every_dialect_returns_the_same_job(client: httpx.Client, server: ServerProcess) -> None:
+def test_deepinfra_and_modelslab_return_the_same_job(client: httpx.Client) -> None:
     key = fresh()
     body = {"prompt": "a red circle", "num_inference_steps": 2, "width": 128, "height": 128}
     first = client.post("/v1/inference/default", json=body, headers=key).json()
@@ -100,6 +100,8 @@ def test_every_dialect_returns_the_same_job(client: httpx.Client, server: Server
     again = client.post("/api/v6/images/text2img", json=body, headers=key).json()
     assert first["status"] in ("success", "processing") and again["id"] == first["id"]
 
+
+def test_the_openai_client_gets_the_same_images(server: ServerProcess) -> None:
     # The official OpenAI client sends the header with `extra_headers`.
     official = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
     key = fresh()
@@ -113,7 +115,9 @@ def test_every_dialect_returns_the_same_job(client: httpx.Client, server: Server
     assert made[1].created == made[0].created
     assert made[1].data[0].b64_json == made[0].data[0].b64_json
 
-    # A form sent twice has two boundaries; it is still the same request.
+
+def test_a_form_sent_twice_is_the_same_request(client: httpx.Client) -> None:
+    # Each sending has its own multipart boundary; it is still the same request.
     png = io.BytesIO()
     Image.new("RGB", (256, 256), (200, 30, 30)).save(png, format="PNG")
     key = fresh()
