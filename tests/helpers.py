@@ -160,9 +160,11 @@ class WorkerProcess:
 
 @contextmanager
 def running_server(
-    data_dir: Path, args: list[str], env: dict[str, str] | None = None
+    data_dir: Path, args: list[str], env: dict[str, str] | None = None, workers: bool = True
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(data_dir=data_dir, args=args, env=env or {})
+    """A started server, stopped afterwards; `workers=False` for an API-only node (pass
+    `--workers 0` in `args`), ready once its API answers."""
+    server = ServerProcess(data_dir=data_dir, args=args, env=env or {}, expect_workers=workers)
     server.start()
     try:
         yield server

@@ -30,7 +30,7 @@ async def idempotency_of(request: Request) -> IdempotentRequest | None:
         await _hash_form(request, digest)
     else:
         digest.update(_canonical(await request.body()))
-    return IdempotentRequest(key=key, request_hash=digest.hexdigest())
+    return IdempotentRequest(key=key, request_hash=digest.hexdigest(), header=HEADER)
 
 
 def _canonical(body: bytes) -> bytes:

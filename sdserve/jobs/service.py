@@ -39,8 +39,8 @@ class IdempotentRequest:
 
     key: str
     request_hash: str
-    header: str = "Idempotency-Key"
-    """The header's name, for errors."""
+    header: str
+    """The header's name as the dialect reads it, for errors."""
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, running_server
 
-KEY_A, KEY_B, KEY_C = "key-a", "key-b", "key-c"
+# Keys A and B are flooded by the first test; D and E start each later test with a full
+# rate window, whatever the order and speed of the tests before.
+KEY_A, KEY_B, KEY_C, KEY_D, KEY_E = "key-a", "key-b", "key-c", "key-d", "key-e"
 RATE = "20/second"
 QUOTA = 3
 RUN = {"input": {"prompt": "a red circle", "width": 128, "height": 128, "num_inference_steps": 2}}
@@ -24,23 +26,14 @@ RUN = {"input": {"prompt": "a red circle", "width": 128, "height": 128, "num_inf
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
     env = {
-        "SDSERVE_API_KEYS": f"{KEY_A},{KEY_B},{KEY_C}",
+        "SDSERVE_API_KEYS": ",".join([KEY_A, KEY_B, KEY_C, KEY_D, KEY_E]),
         "SDSERVE_RATE_LIMIT": RATE,
         "SDSERVE_MAX_QUEUED_PER_KEY": str(QUOTA),
         "SDSERVE_MODELSLAB_WAIT_S": "0",
     }
-    data_dir = tmp_path_factory.mktemp("data")
-    srv = ServerProcess(
-        data_dir=data_dir,
-        args=["--workers", "0", "--model", str(tiny_model)],
-        env=env,
-        expect_workers=False,
-    )
-    srv.start()
-    try:
+    args = ["--workers", "0", "--model", str(tiny_model)]
+    with running_server(tmp_path_factory.mktemp("data"), args, env, workers=False) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def client_of(server: ServerProcess, key: str) -> httpx.Client:
@@ -84,7 +77,7 @@ def test_429_takes_each_dialects_error_shape(server: ServerProcess) -> None:
 
 
 def test_a_key_full_of_queued_jobs_does_not_block_others(server: ServerProcess) -> None:
-    with client_of(server, KEY_A) as a, client_of(server, KEY_B) as b:
+    with client_of(server, KEY_D) as a, client_of(server, KEY_E) as b:
         queued_a = [a.post("/v2/default/run", json=RUN) for _ in range(QUOTA)]
         assert [r.status_code for r in queued_a] == [200] * QUOTA
         over = a.post("/v2/default/run", json=RUN)
@@ -106,15 +99,15 @@ def test_a_key_full_of_queued_jobs_does_not_block_others(server: ServerProcess) 
 
 def test_modelslab_ids_cannot_be_guessed_or_read_by_another_key(server: ServerProcess) -> None:
     body = {"prompt": "a red circle", "width": 256, "height": 256, "samples": 1}
-    with client_of(server, KEY_A) as a, client_of(server, KEY_B) as b:
-        ids = [a.post("/api/v6/images/text2img", json={**body, "key": KEY_A}).json()["id"]
+    with client_of(server, KEY_D) as a, client_of(server, KEY_E) as b:
+        ids = [a.post("/api/v6/images/text2img", json={**body, "key": KEY_D}).json()["id"]
                for _ in range(3)]  # fmt: skip
         assert all(isinstance(i, int) and 2**32 <= i < 2**53 for i in ids), ids
         assert len(set(ids)) == 3
         # Neither consecutive nor ordered: another key's id tells nothing of the next one.
         assert all(abs(x - y) > 1 for x, y in itertools.pairwise(ids))
-        theirs = b.post(f"/api/v6/images/fetch/{ids[0]}", json={"key": KEY_B}).json()
+        theirs = b.post(f"/api/v6/images/fetch/{ids[0]}", json={"key": KEY_E}).json()
         assert theirs["status"] == "error" and f"no request {ids[0]}" in theirs["message"]
-        mine = a.post(f"/api/v6/images/fetch/{ids[0]}", json={"key": KEY_A}).json()
+        mine = a.post(f"/api/v6/images/fetch/{ids[0]}", json={"key": KEY_D}).json()
         assert mine["status"] == "processing" and mine["id"] == ids[0]
         a.post("/v2/default/purge-queue")

@@ -169,12 +169,8 @@ def public_queue(
     SDSERVE_METRICS_PUBLIC on."""
     args = ["--model", str(tiny_model), "--model", f"other={tiny_model}", "--workers", "0"]
     env = {"SDSERVE_API_KEYS": API_KEY, "SDSERVE_METRICS_PUBLIC": "true"}
-    server = ServerProcess(tmp_path_factory.mktemp("data"), args, env, expect_workers=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with running_server(tmp_path_factory.mktemp("data"), args, env, workers=False) as srv:
+        yield srv
 
 
 def test_queue_depth_per_model_public_when_set(public_queue: ServerProcess) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEY
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, running_server
 
 KEYS_ENV = {"SDSERVE_API_KEYS": API_KEY}
 
@@ -45,12 +45,8 @@ def no_workers(
 ) -> Iterator[ServerProcess]:
     """A server started with `--workers 0`: its API answers, nothing runs jobs."""
     args = ["--model", str(tiny_model), "--workers", "0"]
-    server = ServerProcess(tmp_path_factory.mktemp("data"), args, KEYS_ENV, expect_workers=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with running_server(tmp_path_factory.mktemp("data"), args, KEYS_ENV, workers=False) as srv:
+        yield srv
 
 
 def test_healthz_answers_without_a_key(starting: ServerProcess) -> None:
