@@ -180,8 +180,8 @@ def worker(
     """Run one worker (one per GPU) that takes jobs from the database; it needs no open port
     (but may serve its metrics on one).
 
-    SIGTERM or Ctrl-C lets the running job finish, then exits; a second one exits at once
-    (the job then goes back to its queue at the API nodes' next sweep).
+    SIGTERM or Ctrl-C lets the running job finish, then exits; a second one exits at once,
+    putting the job back in its queue without using up one of its attempts.
     """
     from sdserve.detect import UnservedModel
     from sdserve.worker.process import UnknownQueue, worker_main

@@ -24,6 +24,7 @@ from sdserve.api.metrics import HttpMetricsMiddleware, RouteTemplates
 from sdserve.api.openapi import install_openapi
 from sdserve.api.ratelimit import RateLimits
 from sdserve.jobs.backends import open_job_store
+from sdserve.jobs.losses import SERVER_RESTARTED
 from sdserve.jobs.models import Job
 from sdserve.jobs.outbound import UrlPolicy
 from sdserve.jobs.requests import InputLimits
@@ -107,9 +108,15 @@ def create_app(settings: Settings) -> FastAPI:
             # Embedded: nothing runs before this start, so whatever was IN_PROGRESS lost its
             # worker. (Shared: other machines' workers may be running; heartbeats tell.)
             now = time.time()
-            requeued = store.requeue_orphans(None, now + 1, settings.max_attempts, now)
+            requeued = store.requeue_orphans(
+                None, now + 1, settings.max_attempts, now, SERVER_RESTARTED
+            )
             if requeued:
-                log.warning("re-queued %d job(s) interrupted by the last shutdown", len(requeued))
+                log.warning(
+                    "re-queued %d job(s) interrupted by the last shutdown, without using up"
+                    " one of their attempts",
+                    len(requeued),
+                )
         supervisor.start()
         tasks = [
             asyncio.create_task(run_sweeper(store, images, settings)),

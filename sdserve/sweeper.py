@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from sdserve.jobs.losses import worker_silent
 from sdserve.jobs.store import JobStore
 from sdserve.settings import Settings
 from sdserve.storage.base import ImageStore
@@ -18,8 +19,9 @@ def sweep(store: JobStore, images: ImageStore, settings: Settings) -> None:
     now = time.time()
     for job_id in store.time_out_overdue(now):
         log.info("job %s timed out", job_id)
+    silent = worker_silent(settings.heartbeat_timeout_s)
     stale_before = now - settings.heartbeat_timeout_s
-    for job_id in store.requeue_orphans(None, stale_before, settings.max_attempts, now):
+    for job_id in store.requeue_orphans(None, stale_before, settings.max_attempts, now, silent):
         log.warning("job %s lost its worker's heartbeat; re-queued", job_id)
     for job in store.delete_expired(now):
         images.delete_job(job.id)

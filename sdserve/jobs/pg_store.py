@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job as Delivery
 
+from sdserve.jobs.losses import RunLoss
 from sdserve.jobs.migrate import migrate
 from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.pg_delivery import Deliveries, queue_name
@@ -195,7 +196,12 @@ class PostgresJobStore(SqlJobStore):
     # --- dead workers ---------------------------------------------------------------------
 
     def requeue_orphans(
-        self, worker_ids: list[str] | None, stale_before: float, max_attempts: int, now: float
+        self,
+        worker_ids: list[str] | None,
+        stale_before: float,
+        max_attempts: int,
+        now: float,
+        loss: RunLoss,
     ) -> list[str]:
         if worker_ids is not None:
             # Only these workers' runs: once unregistered, procrastinate reports them stalled.
@@ -206,14 +212,14 @@ class PostgresJobStore(SqlJobStore):
         recovered = [
             job_id
             for delivery in self._deliveries.stalled(silent_s)
-            if (job_id := self._recover(delivery, silent_s, max_attempts, now)) is not None
+            if (job_id := self._recover(delivery, silent_s, loss, max_attempts, now)) is not None
         ]
         if worker_ids is None:  # dead workers' registrations go too (a live one re-registers)
             self._deliveries.prune_workers(silent_s)
         return recovered
 
     def _recover(
-        self, delivery: Delivery, silent_s: float, max_attempts: int, now: float
+        self, delivery: Delivery, silent_s: float, loss: RunLoss, max_attempts: int, now: float
     ) -> str | None:
         """Re-queue a stalled delivery's job, or fail it when out of attempts; its id if it was
         running."""
@@ -233,7 +239,7 @@ class PostgresJobStore(SqlJobStore):
             status = None if row is None else JobStatus(row.status)
             if row is not None and status == JobStatus.IN_PROGRESS:
                 recovered = str(row.id)
-                status = self._recover_run(db, row.id, max_attempts, now, ended)
+                status = self._recover_run(db, row.id, loss, max_attempts, now, ended)
         for ending in ended:
             ending.record()
         if status == JobStatus.IN_QUEUE:

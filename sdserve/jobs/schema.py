@@ -39,7 +39,10 @@ jobs = sa.Table(
     sa.Column("low_priority", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("outputs", Json, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("error", sa.Text),
+    # Runs started (each run's fencing token: a stale run's writes name an older one).
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # Runs that ended in their worker's death: what max_attempts bounds (jobs/losses.py).
+    sa.Column("deaths", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("retried", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("worker_id", sa.Text),
     # The last sign of life of the worker running the job (SQLite's stalled-run detection).

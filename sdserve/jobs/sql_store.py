@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sdserve import metrics
 from sdserve.canonical import ImageResult
 from sdserve.jobs import outbox
+from sdserve.jobs.losses import RunLoss, giving_up_message
 from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
 from sdserve.jobs.schema import idempotency as idempotency_keys
 from sdserve.jobs.schema import jobs, workers
@@ -57,13 +58,6 @@ def _ended(target: JobStatus, now: float) -> dict[str, Any]:
         "expires_at": jobs.c.ttl_s + now,
         "heartbeat_at": None,
     }
-
-
-def giving_up_message(attempts: int) -> str:
-    return (
-        f"the worker running this job died or went silent, {attempts} times; giving up"
-        " (the request may exhaust the worker's memory)"
-    )
 
 
 class SqlJobStore(JobStore):
@@ -376,7 +370,7 @@ class SqlJobStore(JobStore):
                     worker_id=None,
                     heartbeat_at=None,
                     delivery_id=None,
-                    attempts=0,
+                    deaths=0,
                     retried=jobs.c.retried + 1,
                     progress_step=0,
                     progress_total=0,
@@ -408,20 +402,24 @@ class SqlJobStore(JobStore):
         self,
         db: sa.Connection,
         job_id: str,
+        loss: RunLoss,
         max_attempts: int,
         now: float,
         ended: list[metrics.Ending],
     ) -> JobStatus | None:
-        """REQUEUE a dead worker's run, or GIVE_UP on it after `max_attempts` runs (added to
-        `ended`, to record after commit); the job's status afterwards (None if not running)."""
+        """REQUEUE a run its worker did not finish, or GIVE_UP on the job when its worker died
+        under it `max_attempts` times (added to `ended`, to record after commit); a `loss`
+        that is not the worker's death (a restart) never gives up. The job's status afterwards
+        (None if it was not running)."""
         row = db.execute(
-            sa.select(jobs.c.attempts, jobs.c.webhook, jobs.c.endpoint, jobs.c.started_at).where(
+            sa.select(jobs.c.deaths, jobs.c.webhook, jobs.c.endpoint, jobs.c.started_at).where(
                 jobs.c.id == job_id, movable(Op.REQUEUE)
             )
         ).first()
         if row is None:
             return None
-        if row.attempts < max_attempts:
+        deaths = row.deaths + 1 if loss.counted else row.deaths
+        if deaths < max_attempts or not loss.counted:
             db.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, movable(Op.REQUEUE))
@@ -430,6 +428,7 @@ class SqlJobStore(JobStore):
                     started_at=None,
                     worker_id=None,
                     heartbeat_at=None,
+                    deaths=deaths,
                 )
             )
             return JobStatus.IN_QUEUE
@@ -438,7 +437,11 @@ class SqlJobStore(JobStore):
         db.execute(
             jobs.update()
             .where(jobs.c.id == job_id, movable(Op.GIVE_UP))
-            .values(**_ended(give_up.target, now), error=giving_up_message(row.attempts))
+            .values(
+                **_ended(give_up.target, now),
+                deaths=deaths,
+                error=giving_up_message(deaths, loss),
+            )
         )
         outbox.queue_webhook(db, job_id, row.webhook, give_up, now)
         ended.append(metrics.Ending(row.endpoint, give_up.target.value, row.started_at, now))

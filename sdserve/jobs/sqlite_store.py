@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from sdserve.jobs.losses import RunLoss
 from sdserve.jobs.migrate import migrate
 from sdserve.jobs.models import Job
 from sdserve.jobs.schema import jobs
@@ -57,7 +58,12 @@ class SqliteJobStore(SqlJobStore):
             return self._start(db, jobs.c.id == first.scalar_subquery(), worker_id, now)
 
     def requeue_orphans(
-        self, worker_ids: list[str] | None, stale_before: float, max_attempts: int, now: float
+        self,
+        worker_ids: list[str] | None,
+        stale_before: float,
+        max_attempts: int,
+        now: float,
+        loss: RunLoss,
     ) -> list[str]:
         dead = (
             jobs.c.heartbeat_at < stale_before
@@ -68,7 +74,7 @@ class SqliteJobStore(SqlJobStore):
         with self._tx() as db:
             ids = list(db.execute(sa.select(jobs.c.id).where(movable(Op.REQUEUE), dead)).scalars())
             for job_id in ids:
-                self._recover_run(db, job_id, max_attempts, now, ended)
+                self._recover_run(db, job_id, loss, max_attempts, now, ended)
         for ending in ended:
             ending.record()
         return ids

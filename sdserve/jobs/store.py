@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sdserve.canonical import GenerationRequest, ImageResult
+from sdserve.jobs.losses import RunLoss
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 
 
@@ -172,9 +173,16 @@ class JobStore(ABC):
 
     @abstractmethod
     def requeue_orphans(
-        self, worker_ids: list[str] | None, stale_before: float, max_attempts: int, now: float
+        self,
+        worker_ids: list[str] | None,
+        stale_before: float,
+        max_attempts: int,
+        now: float,
+        loss: RunLoss,
     ) -> list[str]:
-        """Re-queue running jobs of dead workers (or with stale heartbeats); fail exhausted ones."""
+        """Re-queue the running jobs of `worker_ids` (None: of workers silent since
+        `stale_before`), which ended by `loss`; fail those whose worker died under them
+        `max_attempts` times."""
 
     @abstractmethod
     def time_out_overdue(self, now: float) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 from sdserve.canonical import GenerationRequest
 from sdserve.jobs.backends import open_job_store
+from sdserve.jobs.losses import WORKER_STOPPED
 from sdserve.jobs.store import JobStore
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import Settings
@@ -114,6 +116,10 @@ def worker_main(
     """Run a worker: spawned by `serve` (with `wake`, `events` and `parent_pid`), or on its own
     (`sdserve worker`, which sets `stop` to drain: the running job ends, then the loop)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if parent_pid is not None:
+        # Ctrl-C reaches the whole process group; the server stops its workers itself (and
+        # must not take the interrupted worker for one its job killed).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Imported here so that the API process, which imports this module, never loads torch.
     from sdserve.engine.cache import GIB, PipelineCache
     from sdserve.engine.pipelines import resolve_device
@@ -160,6 +166,10 @@ def worker_main(
                 events.put(job.id)
     finally:
         if parent_pid is None:
+            if heartbeat.job_id is not None:  # told to stop at once, in the middle of a job
+                store.requeue_orphans(
+                    [worker_id], 0.0, settings.max_attempts, time.time(), WORKER_STOPPED
+                )
             store.remove_worker(worker_id)
             store.close()
 

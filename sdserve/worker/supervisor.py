@@ -13,6 +13,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import SimpleQueue
 
 from sdserve import metrics
+from sdserve.jobs.losses import SERVER_STOPPED, worker_died
 from sdserve.jobs.store import JobStore
 from sdserve.settings import Settings
 from sdserve.worker.process import worker_main
@@ -23,7 +24,8 @@ _CHECK_S = 0.5
 
 
 class WorkerSupervisor:
-    """Keeps `count` spawned workers alive; a dead worker's job goes back to the queue."""
+    """Keeps `count` spawned workers alive; a dead worker's job goes back to the queue, using
+    up one of its attempts (its death may be the job's doing)."""
 
     def __init__(
         self,
@@ -81,13 +83,12 @@ class WorkerSupervisor:
             for worker_id, process in list(self._workers.items()):
                 if process.is_alive() or self._stopping.is_set():
                     continue
-                log.error(
-                    "%s died (exit code %s); starting a new worker", worker_id, process.exitcode
-                )
+                died = worker_died(process.exitcode)
+                log.error("%s %s; starting a new worker", worker_id, died.cause)
                 del self._workers[worker_id]
                 metrics.process_died(process.pid)
                 requeued = self._store.requeue_orphans(
-                    [worker_id], 0.0, self._settings.max_attempts, time.time()
+                    [worker_id], 0.0, self._settings.max_attempts, time.time(), died
                 )
                 self._store.remove_worker(worker_id)
                 if requeued:
@@ -98,13 +99,25 @@ class WorkerSupervisor:
                 self.wake()
 
     def stop(self) -> None:
+        """Stop the workers at once; their jobs go back to the queue as they were (a stop is
+        not the job's fault), for the next start or another node to run."""
         self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()  # so it replaces no worker from now on
         self._events.put(None)
         for process in self._workers.values():
             process.terminate()
-        for worker_id, process in self._workers.items():
+        for process in self._workers.values():
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
+                process.join()
             metrics.process_died(process.pid)
+        stopped = list(self._workers)
+        requeued = self._store.requeue_orphans(
+            stopped, 0.0, self._settings.max_attempts, time.time(), SERVER_STOPPED
+        )
+        if requeued:
+            log.warning("job(s) %s went back to the queue as the server stopped", requeued)
+        for worker_id in stopped:
             self._store.remove_worker(worker_id)

@@ -24,6 +24,7 @@ from tests.helpers import (
     image_from_output,
     link_expiry,
     running_server,
+    stop_process,
     stored_images,
     wait_for,
 )
@@ -168,11 +169,50 @@ def test_worker_crash_requeues_job_then_gives_up(tmp_path: Path, tiny_model: Pat
             time.sleep(1.5)
         body = wait_for(client, f"/v2/default/status/{job_id}", FINAL, timeout_s=60)
         assert body["status"] == "FAILED"
-        assert "worker running this job died" in body["error"] and "3 times" in body["error"]
+        assert body["error"].startswith("the worker running this job died 3 times (the last")
         assert "Traceback" not in body["error"]
         # and the server still has a working worker
         done = client.post("/v2/default/runsync", json={"input": FAST}).json()
         assert done["status"] == "COMPLETED"
+
+
+def test_restarts_use_up_no_attempt_but_a_worker_dying_under_its_job_does(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """With one attempt per job, a job outlives two `kill -9`s and a SIGTERM of the whole
+    server; a job whose worker is killed under it fails at once, saying so."""
+    server = ServerProcess(
+        data_dir=tmp_path / "data",
+        args=["--model", str(tiny_model)],
+        env={"SDSERVE_MAX_ATTEMPTS": "1"},
+    )
+    server.start()
+    client = httpx.Client(base_url=server.url, timeout=30)
+    try:
+        long = {"input": {**FAST, "num_inference_steps": 300, "seed": 5}}
+        job_id = client.post("/v2/default/run", json=long).json()["id"]
+        for signum in (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+            wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"}, timeout_s=180)
+            stop_process(server.process, signum, timeout_s=30)
+            server.start()
+        body = wait_for(client, f"/v2/default/status/{job_id}", FINAL, timeout_s=180)
+        assert body["status"] == "COMPLETED", body
+        assert body["output"][0]["seed"] == 5
+        # The stopping server put its job back itself; the killed ones' successors did.
+        logs = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+        assert "went back to the queue as the server stopped" in logs
+        assert logs.count("without using up one of their attempts") == 2
+
+        job_id = client.post("/v2/default/run", json=long).json()["id"]
+        wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"}, timeout_s=180)
+        workers(server)[0].send_signal(signal.SIGKILL)
+        body = wait_for(client, f"/v2/default/status/{job_id}", FINAL, timeout_s=60)
+        assert body["status"] == "FAILED", body
+        assert body["error"].startswith(
+            "the worker running this job died once (the last time it was killed by SIGKILL,"
+        )
+    finally:
+        server.stop()
 
 
 def test_open_server_refuses_non_loopback_address(tmp_path: Path) -> None:

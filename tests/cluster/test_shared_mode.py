@@ -6,6 +6,7 @@ API nodes and `sdserve worker` processes, killed with SIGKILL where a test says 
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,8 +58,15 @@ class Cluster:
 
 
 @contextmanager
-def cluster(tmp_path: Path, tiny_model: Path, s3_endpoint: str, nodes: int) -> Iterator[Cluster]:
-    """`nodes` API-only nodes on a fresh database and bucket prefix; workers are added by tests."""
+def cluster(
+    tmp_path: Path,
+    tiny_model: Path,
+    s3_endpoint: str,
+    nodes: int,
+    settings: dict[str, str] | None = None,
+) -> Iterator[Cluster]:
+    """`nodes` API-only nodes on a fresh database and bucket prefix, with `settings` (env)
+    for nodes and workers alike; workers are added by tests."""
     models = ["--model", str(tiny_model), "--model", f"other={tiny_model}"]
     with fresh_database() as database:
         env = {
@@ -66,6 +74,7 @@ def cluster(tmp_path: Path, tiny_model: Path, s3_endpoint: str, nodes: int) -> I
             "SDSERVE_API_KEYS": API_KEY,
             "SDSERVE_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
             "SDSERVE_SWEEP_INTERVAL_S": "0.5",
+            **(settings or {}),
         }
         group = Cluster(
             database=database,
@@ -180,6 +189,29 @@ def test_killed_worker_job_recovered_then_failed_after_attempts(
         body = wait_for(client, f"/v2/default/status/{job_id}", FINAL, timeout_s=60)
         assert body["status"] == "FAILED", body
         assert "3 times" in body["error"] and "Traceback" not in body["error"]
+
+
+def test_a_worker_stopped_at_once_hands_its_job_back_without_using_an_attempt(
+    tmp_path: Path, tiny_model: Path, s3_endpoint: str
+) -> None:
+    """`sdserve worker` told twice to stop (SIGTERM, then SIGTERM: stop now) puts its running
+    job back itself; with one attempt per job, the job still completes on another worker."""
+    with cluster(
+        tmp_path, tiny_model, s3_endpoint, nodes=1, settings={"SDSERVE_MAX_ATTEMPTS": "1"}
+    ) as group:
+        first = group.add_worker()
+        client = group.client(0)
+        job_id = submit(client, input={**FAST, "num_inference_steps": 300})
+        wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"}, timeout_s=180)
+        assert first.process is not None
+        first.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        first.process.send_signal(signal.SIGTERM)
+        assert first.process.wait(timeout=30) != 0
+        assert "stopping after the running job" in first.log()
+        group.add_worker()
+        body = wait_for(client, f"/v2/default/status/{job_id}", FINAL, timeout_s=180)
+        assert body["status"] == "COMPLETED", body
 
 
 def test_fifty_jobs_across_two_nodes_each_done_once_while_a_worker_dies(

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from sdserve.jobs.losses import worker_died
 from sdserve.jobs.migrate import migrate
 from sdserve.jobs.models import JobStatus
 from sdserve.jobs.pg_store import PostgresJobStore, postgres_engine
@@ -24,7 +25,7 @@ from sdserve.jobs.sqlite_store import SqliteJobStore, sqlite_engine
 from tests.pg import fresh_database
 
 LEGACY = Path(__file__).parent / "legacy"
-HEAD = "0004"
+HEAD = "0005"
 
 
 def upgrade_command(*options: str) -> list[str]:
@@ -104,7 +105,7 @@ def check_v01_jobs_survived(store: SqlJobStore) -> None:
     claimed = [store.claim("w2", time.time()) for _ in range(3)]
     assert [job.id if job else None for job in claimed] == ["queued", "new", "queued-low"]
     # The run 0.1's dead worker left behind is recovered.
-    assert store.requeue_orphans(["w1"], 0.0, 3, time.time()) == ["running"]
+    assert store.requeue_orphans(["w1"], 0.0, 3, time.time(), worker_died(-9)) == ["running"]
     assert store.statuses(["running"]) == {"running": JobStatus.IN_QUEUE}
 
 
@@ -129,12 +130,12 @@ def test_postgresql_database_of_v01_upgrades_in_place(postgres_from_v01: str) ->
 
 def test_fresh_databases_get_the_same_schema(tmp_path: Path) -> None:
     sqlite = sqlite_engine(tmp_path / "jobs.sqlite3", immediate=True)
-    assert migrate(sqlite) == ["0001", "0002", "0003", HEAD]
+    assert migrate(sqlite) == ["0001", "0002", "0003", "0004", HEAD]
     assert migrate(sqlite) == []
     assert schema_differences(sqlite) == []
     with fresh_database() as url:
         postgres = postgres_engine(url)
-        assert migrate(postgres) == ["0001", "0002", "0003", HEAD]
+        assert migrate(postgres) == ["0001", "0002", "0003", "0004", HEAD]
         assert schema_differences(postgres) == []
         with postgres.connect() as db:
             tables = set(sa.inspect(db).get_table_names())
@@ -167,7 +168,7 @@ def test_upgrade_command_upgrades_a_data_folder(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
-        f"sdserve schema revision {r}" for r in ("0002", "0003", HEAD)
+        f"sdserve schema revision {r}" for r in ("0002", "0003", "0004", HEAD)
     ]
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM sdserve_jobs").fetchone() == (6,)

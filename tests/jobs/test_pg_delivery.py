@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+from sdserve.jobs.losses import worker_silent
 from sdserve.jobs.models import JobStatus
 from sdserve.jobs.pg_store import PostgresJobStore
 from tests.jobs.helpers import make_job
@@ -46,7 +47,7 @@ def _sweep_together(nodes: list[PostgresJobStore]) -> None:
     def sweep(node: PostgresJobStore) -> None:
         barrier.wait()
         now = time.time()
-        node.requeue_orphans(None, now, 5, now)
+        node.requeue_orphans(None, now, 5, now, worker_silent(0))
 
     threads = [threading.Thread(target=sweep, args=(node,)) for node in nodes]
     for thread in threads:

@@ -8,11 +8,21 @@ import pytest
 from prometheus_client import REGISTRY
 
 from sdserve.canonical import ImageResult
+from sdserve.jobs.losses import (
+    SERVER_RESTARTED,
+    SERVER_STOPPED,
+    WORKER_STOPPED,
+    worker_died,
+    worker_silent,
+)
 from sdserve.jobs.models import JobStatus
 from sdserve.jobs.sql_store import NUMBERS
 from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken
 from tests.jobs.conftest import OpenStore
 from tests.jobs.helpers import make_job
+
+KILLED = worker_died(-9)
+SILENT = worker_silent(30)
 
 
 def test_create_get_round_trip(store: JobStore) -> None:
@@ -116,7 +126,7 @@ def test_a_webhook_out_of_retries_is_kept_failed_and_a_delivered_one_goes(
 def test_finish_of_a_stale_attempt_is_refused(store: JobStore) -> None:
     store.create(make_job("a"))
     store.claim("w1", time.time())
-    store.requeue_orphans(["w1"], 0, max_attempts=3, now=time.time())
+    store.requeue_orphans(["w1"], 0, max_attempts=3, now=time.time(), loss=KILLED)
     store.claim("w2", time.time())
     assert not store.finish("a", 1, JobStatus.COMPLETED, time.time())
     assert store.finish("a", 2, JobStatus.COMPLETED, time.time())
@@ -136,19 +146,56 @@ def test_orphans_requeue_until_attempts_run_out(store: JobStore) -> None:
     for attempt in (1, 2, 3):
         job = store.claim("w", time.time())
         assert job is not None and job.attempts == attempt
-        store.requeue_orphans(["w"], 0, max_attempts=3, now=time.time())
+        store.requeue_orphans(["w"], 0, max_attempts=3, now=time.time(), loss=KILLED)
     got = store.get("a")
     assert got is not None and got.status == JobStatus.FAILED
-    assert got.error is not None and "3 times" in got.error
+    assert got.error == (
+        "the worker running this job died 3 times (the last time it was killed by SIGKILL,"
+        " as the system's out-of-memory killer does); giving up: the request may need more"
+        " memory or time than the worker has"
+    )
+
+
+def test_restarts_requeue_without_using_up_attempts(store: JobStore) -> None:
+    store.create(make_job("a"))
+    for stop in (SERVER_RESTARTED, SERVER_STOPPED, WORKER_STOPPED, SERVER_RESTARTED):
+        assert store.claim("w", time.time()) is not None
+        assert store.requeue_orphans(["w"], 0, max_attempts=1, now=time.time(), loss=stop) == ["a"]
+        assert store.statuses(["a"]) == {"a": JobStatus.IN_QUEUE}
+    # Each run has its own number still, so a stale run's writes are refused...
+    job = store.claim("w", time.time())
+    assert job is not None and job.attempts == 5
+    assert not store.finish("a", 4, JobStatus.COMPLETED, time.time())
+    # ...and only the worker's death uses up the one attempt.
+    store.requeue_orphans(["w"], 0, max_attempts=1, now=time.time(), loss=worker_died(1))
+    got = store.get("a")
+    assert got is not None and got.status == JobStatus.FAILED and got.error is not None
+    assert got.error.startswith(
+        "the worker running this job died once (the last time it exited with code 1)"
+    )
+
+
+def test_a_retried_job_starts_with_all_its_attempts_and_a_new_run_number(
+    store: JobStore,
+) -> None:
+    store.create(make_job("a"))
+    store.claim("w", time.time())
+    store.requeue_orphans(["w"], 0, max_attempts=1, now=time.time(), loss=KILLED)
+    assert store.retry("a", time.time())
+    job = store.claim("w2", time.time())
+    assert job is not None and job.attempts == 2
+    assert not store.finish("a", 1, JobStatus.COMPLETED, time.time())  # the first run's
+    store.requeue_orphans(["w2"], 0, max_attempts=2, now=time.time(), loss=KILLED)
+    assert store.statuses(["a"]) == {"a": JobStatus.IN_QUEUE}
 
 
 def test_stale_heartbeat_requeues(store: JobStore) -> None:
     store.create(make_job("a"))
     store.claim("w", time.time())
     store.heartbeat("w", "a", time.time())
-    assert store.requeue_orphans(None, time.time() - 30, max_attempts=3, now=time.time()) == []
+    assert store.requeue_orphans(None, time.time() - 30, 3, time.time(), SILENT) == []
     time.sleep(1.5)  # the worker falls silent
-    assert store.requeue_orphans(None, time.time() - 1, max_attempts=3, now=time.time()) == ["a"]
+    assert store.requeue_orphans(None, time.time() - 1, 3, time.time(), SILENT) == ["a"]
     job = store.claim("w2", time.time())
     assert job is not None and job.id == "a" and job.attempts == 2
 
@@ -186,7 +233,7 @@ def test_release_after_cancel_then_requeue_keeps_deliveries_apart(store: JobStor
     assert store.claim("w", time.time()) is None
     store.create(make_job("b"))
     store.claim("w", time.time())
-    store.requeue_orphans(["w"], 0, max_attempts=3, now=time.time())
+    store.requeue_orphans(["w"], 0, max_attempts=3, now=time.time(), loss=KILLED)
     store.release("b", 1)  # the stale run lets go: the re-queued job must still be delivered
     job = store.claim("w2", time.time())
     assert job is not None and job.id == "b" and job.attempts == 2
@@ -200,7 +247,9 @@ def test_timeout_retry_and_expiry(store: JobStore) -> None:
     assert store.retry("a", 102.0)
     assert not store.retry("a", 102.0)  # queued now: not retryable
     store.claim("w", 103.0)
-    store.finish("a", 1, JobStatus.COMPLETED, 104.0)
+    # The timed-out run may still be going: its writes name run 1, the retry's run is 2.
+    assert not store.finish("a", 1, JobStatus.COMPLETED, 104.0)
+    assert store.finish("a", 2, JobStatus.COMPLETED, 104.0)
     assert store.delete_expired(104.5) == []
     assert [j.id for j in store.delete_expired(105.5)] == ["a"]
     assert store.get("a") is None
@@ -267,7 +316,7 @@ def test_each_final_state_is_counted_once_by_the_process_that_commits_it(
     assert store.time_out_overdue(now + 10) == ["slow"]
     store.create(make_job("dies", endpoint="m"))
     store.claim("w", now)
-    store.requeue_orphans(["w"], 0, max_attempts=1, now=now + 1)  # given up: FAILED
+    store.requeue_orphans(["w"], 0, max_attempts=1, now=now + 1, loss=KILLED)  # given up: FAILED
     after = {state: _finished(state) for state in states}
     added = {s: (after[s][0] - before[s][0], after[s][1] - before[s][1]) for s in states}
     assert added == {

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sdserve.jobs.losses import worker_died
 from sdserve.jobs.models import JobStatus
 from sdserve.jobs.store import JobStore
 from sdserve.jobs.transitions import TRANSITIONS, Op
@@ -37,7 +38,9 @@ def _ending(status: JobStatus) -> Callable[[JobStore, str], object]:
 
 
 def _requeue(max_attempts: int) -> Callable[[JobStore, str], object]:
-    return lambda store, job_id: store.requeue_orphans([WORKER], 0.0, max_attempts, time.time())
+    return lambda store, job_id: store.requeue_orphans(
+        [WORKER], 0.0, max_attempts, time.time(), worker_died(-9)
+    )
 
 
 OPERATIONS: dict[Op, Callable[[JobStore, str], object]] = {
