@@ -22,7 +22,7 @@ from sdserve.api.deepinfra_protocol import (
 )
 from sdserve.api.dialect import Dialect
 from sdserve.api.errors import ErrorBody
-from sdserve.api.idempotency import idempotency_of
+from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.limits import MB
 from sdserve.api.openapi import SUBMITTING, ErrorDocs
 from sdserve.canonical import ImageResult
@@ -108,7 +108,7 @@ def _data_uri(ctx: ApiContext) -> DataUri:
     "/v1/inference/{model:path}",
     response_model=InferenceAnswer,
     response_model_exclude_unset=True,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={**OPENAPI_EXTRA, "requestBody": _REQUEST_BODY},
     responses={
         **ErrorDocs(ErrorBody).responses(*SUBMITTING, 504),
         FAILED_STATUS: {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -16,6 +17,23 @@ from sdserve.jobs.service import IdempotentRequest
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 """Visible ASCII, 1 to 255 characters: a UUID, a ULID, any client's own scheme."""
+
+OPENAPI_EXTRA: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": HEADER,
+            "in": "header",
+            "required": False,
+            "description": (
+                "Send the same request again with the same key within the retention"
+                " (SDSERVE_IDEMPOTENCY_TTL_S, 24 h) to get the job the first one made,"
+                " not a new one; the same key with another request is a 422."
+            ),
+            "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+        }
+    ]
+}
+"""`openapi_extra=` of each submitting route: the header, in /openapi.json."""
 
 
 async def idempotency_of(request: Request) -> IdempotentRequest | None:

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from sdserve.api.auth import Unauthorized, key_from_header
 from sdserve.api.context import ApiContext, Caller, admit, get_context
 from sdserve.api.dialect import Dialect
-from sdserve.api.idempotency import idempotency_of
+from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.modelslab_protocol import (
     Answer,
     ModelsLabError,
@@ -247,6 +247,7 @@ for _path, _api, _mode in GENERATION_PATHS:
         _generation_route(_api, _mode),
         methods=["POST"],
         responses=_GENERATION_ERRORS,
+        openapi_extra=OPENAPI_EXTRA,
         **_ANSWERS,
     )
 for _fetch_path in FETCH_PATHS.values():

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import Caller, get_caller
 from sdserve.api.dialect import Dialect
-from sdserve.api.idempotency import idempotency_of
+from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.openai_protocol import (
     ImageData,
     ImageEditRequest,
@@ -108,7 +108,11 @@ async def _answer(caller: Caller, job: Job, response_format: ResponseFormat) -> 
 
 
 @router.post(
-    "/v1/images/generations", response_model=ImagesResponse, responses=_GENERATES, **_OMIT_UNSET
+    "/v1/images/generations",
+    response_model=ImagesResponse,
+    responses=_GENERATES,
+    openapi_extra=OPENAPI_EXTRA,
+    **_OMIT_UNSET,
 )
 async def create_image(
     body: ImageGenerationRequest, caller: Caller = Depends(get_caller)
@@ -119,7 +123,13 @@ async def create_image(
     return await _answer(caller, job, body.response_format)
 
 
-@router.post("/v1/images/edits", response_model=ImagesResponse, responses=_GENERATES, **_OMIT_UNSET)
+@router.post(
+    "/v1/images/edits",
+    response_model=ImagesResponse,
+    responses=_GENERATES,
+    openapi_extra=OPENAPI_EXTRA,
+    **_OMIT_UNSET,
+)
 async def edit_image(
     form: Annotated[ImageEditRequest, Form()], caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
 from sdserve.api.errors import ErrorBody
-from sdserve.api.idempotency import idempotency_of
+from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.openapi import AUTHENTICATED, SUBMITTING, ErrorDocs
 from sdserve.api.runpod_protocol import (
     MAX_WAIT_MS,
@@ -73,7 +73,9 @@ def _status(caller: Caller, job: Job) -> dict[str, Any]:
     return render_status(job, caller.status_link(job))
 
 
-@router.post(_PREFIX + "/run", response_model=JobBrief, responses=_SUBMITS)
+@router.post(
+    _PREFIX + "/run", response_model=JobBrief, responses=_SUBMITS, openapi_extra=OPENAPI_EXTRA
+)
 async def run(
     endpoint: str, body: RunPodRequest, caller: Caller = Depends(get_caller)
 ) -> dict[str, Any]:
@@ -82,7 +84,11 @@ async def run(
 
 
 @router.post(
-    _PREFIX + "/runsync", response_model=JobState | JobBrief, responses=_SUBMITS, **_OMIT_UNSET
+    _PREFIX + "/runsync",
+    response_model=JobState | JobBrief,
+    responses=_SUBMITS,
+    openapi_extra=OPENAPI_EXTRA,
+    **_OMIT_UNSET,
 )
 async def runsync(
     endpoint: str,

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -140,3 +141,25 @@ def test_every_call_answers_only_what_the_document_lists(fuzzed: ServerProcess) 
     # The run got past the checks (jobs ran) and met the common refusals.
     assert {200, 400, 401, 404} <= set(seen), seen
     assert sum(seen.values()) >= EXAMPLES_PER_CALL * len(operations) // 2, seen
+
+
+def test_every_submitting_call_declares_the_idempotency_key(fuzzed: ServerProcess) -> None:
+    document = httpx.get(f"{fuzzed.url}/openapi.json").json()
+    declaring = {
+        f"{method.upper()} {path}"
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
+    }
+    modes = ("text2img", "img2img", "inpaint")
+    modelslab = [
+        *(f"/api/v3/{m}" for m in modes),
+        *(f"/api/v6/images/{m}" for m in modes),
+        "/api/v4/dreambooth",
+        "/api/v4/dreambooth/img2img",
+        "/api/v4/dreambooth/inpaint",
+    ]
+    runpod = [f"/{v}/{{endpoint}}/{c}" for v in ("v1", "v2") for c in ("run", "runsync")]
+    openai = ["/v1/images/generations", "/v1/images/edits"]
+    expected = {f"POST {p}" for p in [*modelslab, *runpod, *openai, "/v1/inference/{model}"]}
+    assert declaring == expected
