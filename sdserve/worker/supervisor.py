@@ -114,10 +114,14 @@ class WorkerSupervisor:
                 process.join()
             metrics.process_died(process.pid)
         stopped = list(self._workers)
-        requeued = self._store.requeue_orphans(
-            stopped, 0.0, self._settings.max_attempts, time.time(), SERVER_STOPPED
-        )
+        try:
+            requeued = self._store.requeue_orphans(
+                stopped, 0.0, self._settings.max_attempts, time.time(), SERVER_STOPPED
+            )
+            for worker_id in stopped:
+                self._store.remove_worker(worker_id)
+        except Exception:  # the database is away: the next start (or a sweep) re-queues them
+            log.exception("could not hand the stopped workers' jobs back to the queue")
+            return
         if requeued:
             log.warning("job(s) %s went back to the queue as the server stopped", requeued)
-        for worker_id in stopped:
-            self._store.remove_worker(worker_id)
