@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from sdserve.api.auth import Unauthorized
 from sdserve.jobs.errors import InvalidInput, JobError, TooMany
@@ -130,7 +131,11 @@ def install_error_handlers(app: FastAPI, render_for: RendererFor) -> None:
     """Answer errors in the shape `render_for` picks for the request's path."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return render_for(request.url.path)(_api_error(request, exc))
+        # The matched route's template, when there is one: a RunPod endpoint named `images`
+        # (/v1/images/run) is RunPod's, though its path starts like OpenAI's.
+        route = request.scope.get("route")
+        path = route.path if isinstance(route, Route) else request.url.path
+        return render_for(path)(_api_error(request, exc))
 
     for kind in (RequestValidationError, JobError, Unauthorized, HTTPException, Exception):
         app.add_exception_handler(kind, handle)

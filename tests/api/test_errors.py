@@ -287,3 +287,14 @@ def test_the_same_prompt_without_compel_is_plain_text(client: httpx.Client) -> N
     r = post_input(client, {"prompt": NESTED, "width": 128, "height": 128})
     assert r.status_code == 200, r.text
     client.post(f"/v2/default/cancel/{r.json()['id']}")
+
+
+def test_a_runpod_endpoint_named_like_an_openai_path_answers_in_runpod_shape(
+    client: httpx.Client,
+) -> None:
+    runpod = client.post("/v1/images/run", json={"input": {"prompt": "p"}})
+    assert runpod.status_code == 404
+    assert runpod.json()["error"].startswith("endpoint 'images' not found")
+    # OpenAI's own calls keep OpenAI's shape.
+    openai = client.post("/v1/images/generations", json={"prompt": ""})
+    assert openai.status_code == 400 and openai.json()["error"]["param"] == "prompt"
