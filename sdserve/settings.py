@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     metrics_public: bool = False
     """Serve /metrics without an API key although keys are set (default: a key is needed;
     a server without keys listens on loopback only)."""
+    access_log: bool = False
+    """Log every HTTP request (uvicorn's access log); off by default, as one line per request
+    costs a busy API node a noticeable share of its CPU."""
+    api_workers: int = Field(default=1, ge=1, le=64)
+    """HTTP API processes of `serve`, sharing its port; the first also runs the workers'
+    supervisor, the sweeper and the webhook sender."""
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """`sdserve worker` only: serve the worker's own /metrics on this port, at `host`
     (default: none; an API node serves its workers' metrics at its /metrics)."""

@@ -103,8 +103,17 @@ async def runsync(
 
 @router.get(_PREFIX + "/status/{job_id}", response_model=JobState, responses=_READS, **_OMIT_UNSET)
 @router.post(_PREFIX + "/status/{job_id}", response_model=JobState, responses=_ACTS, **_OMIT_UNSET)
-def status(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+async def status(
+    endpoint: str, job_id: str, caller: Caller = Depends(get_caller)
+) -> dict[str, Any]:
     """The job's state, timings, and output once done."""
+    # One trip to a thread for the read and the render (base64 output reads the images); the
+    # answer's check and encoding then run on the loop, not in a second trip as a plain
+    # function's would.
+    return await run_in_threadpool(_read_status, caller, endpoint, job_id)
+
+
+def _read_status(caller: Caller, endpoint: str, job_id: str) -> dict[str, Any]:
     return _status(caller, caller.ctx.service.get(caller.owner, endpoint, job_id))
 
 
@@ -164,8 +173,14 @@ def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any
 @router.get(
     _PREFIX + "/stream/{job_id}", response_model=StreamChunk, responses=_READS, **_OMIT_UNSET
 )
-def stream(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+async def stream(
+    endpoint: str, job_id: str, caller: Caller = Depends(get_caller)
+) -> dict[str, Any]:
     """Progress events not read before; once the job is done, its output too."""
+    return await run_in_threadpool(_read_stream, caller, endpoint, job_id)
+
+
+def _read_stream(caller: Caller, endpoint: str, job_id: str) -> dict[str, Any]:
     job, events = caller.ctx.service.stream(caller.owner, endpoint, job_id)
     body: dict[str, Any] = {
         "id": job.id,

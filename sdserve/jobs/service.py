@@ -259,8 +259,10 @@ class JobService:
 
     def stream(self, owner: str, endpoint: str, job_id: str) -> tuple[Job, list[ProgressEvent]]:
         """Progress events not read before, and the job as it stands."""
-        self.get(owner, endpoint, job_id)
+        job = self.get(owner, endpoint, job_id)
         events = self.store.read_stream(job_id)
+        if job.status.is_final:  # its events were all written before it ended
+            return job, events
         return self.get(owner, endpoint, job_id), events
 
     async def close(self) -> None:
