@@ -297,7 +297,16 @@ def big_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-async def big_images(port: int, side: int, senders: int, seconds: float) -> None:
+def _rss_mb(process: psutil.Process) -> float:
+    try:
+        return float(process.memory_info().rss) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+async def big_images(port: int, side: int, senders: int, seconds: float, pid: int) -> None:
+    server = psutil.Process(pid)
+    peak = {"api": 0.0, "all": 0.0}
     png = big_png(side)
     image = base64.b64encode(png).decode()
     given = {"prompt": "a lake", "init_image": image, "width": 128, "height": 128}
@@ -305,6 +314,7 @@ async def big_images(port: int, side: int, senders: int, seconds: float) -> None
     submit = http_request("POST", "/v2/default/run", body)
     probe = http_request("GET", "/healthz", auth=False)
     stop_at = time.perf_counter() + seconds
+    started = time.perf_counter()
     answers: dict[int, int] = {}
     submit_ms: list[float] = []
 
@@ -320,23 +330,27 @@ async def big_images(port: int, side: int, senders: int, seconds: float) -> None
             connection.close()
 
     probes: list[float] = []
+    sending = asyncio.gather(*(sender() for _ in range(senders)))
 
     async def prober() -> None:
         connection = await Connection.open(port)
         try:
-            while time.perf_counter() < stop_at:
+            while not sending.done():
                 started = time.perf_counter()
                 await connection.call(probe)
                 probes.append(time.perf_counter() - started)
+                api = _rss_mb(server)
+                everything = api + sum(_rss_mb(child) for child in server.children(recursive=True))
+                peak["api"], peak["all"] = max(peak["api"], api), max(peak["all"], everything)
                 await asyncio.sleep(0.02)
         finally:
             connection.close()
 
-    await asyncio.gather(prober(), *(sender() for _ in range(senders)))
+    await asyncio.gather(prober(), sending)
     print(
         f"big images: {senders} clients sending a {side}x{side} PNG init_image"
         f" ({len(png) / 1000:.0f} KB, {len(body) / 1000:.0f} KB as base64 JSON)"
-        f" for {seconds:.0f} s:"
+        f" for {seconds:.0f} s (done after {time.perf_counter() - started:.0f} s):"
         f" {sum(answers.values())} submits, statuses {answers},"
         f" submit p50 {statistics.median(submit_ms):.0f} ms"
     )
@@ -344,6 +358,10 @@ async def big_images(port: int, side: int, senders: int, seconds: float) -> None
         f"  /healthz every 20 ms: {len(probes)} probes, p50 {_percentile(probes, 0.5):.1f} ms,"
         f" p99 {_percentile(probes, 0.99):.1f} ms, max {max(probes) * 1000:.1f} ms"
         f" (goal p99 < 100 ms; issue 10's baseline: stalls up to 18,700 ms)"
+    )
+    print(
+        f"  peak memory (RSS): the API process {peak['api']:,.0f} MB, with all its children"
+        f" {peak['all']:,.0f} MB"
     )
 
 
@@ -373,10 +391,10 @@ async def load_phases(port: int, job_id: str, args: argparse.Namespace, pid: int
             between_rounds=lambda: purge(port),
         ),
     }  # fmt: skip
-    for name in args.phases.split(","):
+    for name in filter(None, args.phases.split(",")):
         report(await phases[name]())
     if args.big:
-        await big_images(port, args.big_side, 8, args.big_seconds)
+        await big_images(port, args.big_side, 8, args.big_seconds, pid)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from sdserve.api.metrics import HttpMetricsMiddleware, RouteTemplates
 from sdserve.api.openapi import install_openapi
 from sdserve.api.ratelimit import RateLimits
 from sdserve.jobs.backends import open_job_store
+from sdserve.jobs.image_pool import ImagePool
 from sdserve.jobs.models import Job
 from sdserve.jobs.outbound import UrlPolicy
 from sdserve.jobs.requests import InputLimits
@@ -99,6 +100,7 @@ def create_app(
             urls=urls,
             max_prompt_chars=settings.max_prompt_chars,
             compel_everywhere=settings.compel_everywhere,
+            images=ImagePool(settings.image_processes),
         ),
         # An open server has one user: there is no one to share fairly with.
         max_queued_per_key=settings.max_queued_per_key if settings.api_keys else None,

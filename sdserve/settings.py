@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     encoder reads, short enough that parsing it costs nothing)."""
     compel_everywhere: bool = False
     """Parse every dialect's prompts with compel's weighting syntax (DeepInfra asks per request)."""
+    image_processes: int = Field(default=2, ge=1, le=64)
+    """Processes per API process that decode and resize input images, at a lower CPU priority;
+    more images at once wait their turn (each may take a few hundred MB while decoded)."""
     lora_dir: Path | None = None
     """Folder of LoRA `.safetensors` files, named by file stem (default <data-dir>/loras)."""
     enhance_prompt_suffix: str = ""

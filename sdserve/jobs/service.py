@@ -267,3 +267,4 @@ class JobService:
 
     async def close(self) -> None:
         await self._watcher.close()
+        self._limits.images.close()
