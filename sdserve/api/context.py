@@ -34,6 +34,11 @@ class ApiContext:
             return str(request.base_url)
         return f"http://{self.settings.host}:{self.settings.port}"
 
+    @property
+    def inline_images(self) -> bool:
+        """Answers carry the images' bytes, read from their store (blocking I/O)."""
+        return self.settings.output_format == "base64"
+
     def image_link(self, job: Job, base_url: str) -> _Linker:
         """How this job's images appear in answers: a signed URL, or inline base64."""
         return _Linker(self, job, base_url)
