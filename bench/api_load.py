@@ -49,8 +49,14 @@ GOAL_P99_MS = 50.0
 
 
 def start_server(
-    data_dir: Path, port: int, model: Path, workers: int, options: Sequence[str]
+    data_dir: Path,
+    port: int,
+    model: Path,
+    workers: int,
+    options: Sequence[str],
+    api_workers: int = 1,
 ) -> subprocess.Popen[bytes]:
+    """Start `sdserve serve`; return once every API process has started."""
     env = {
         **os.environ,
         "SDSERVE_API_KEYS": KEY,
@@ -74,7 +80,8 @@ def start_server(
             )
             if health.status_code == 200:
                 counts = health.json()["workers"]
-                if workers == 0 or counts["idle"] + counts["running"]:
+                started = log.read_text(errors="replace").count("Application startup complete")
+                if (workers == 0 or counts["idle"] + counts["running"]) and started >= api_workers:
                     return process
         except (httpx.HTTPError, KeyError):
             pass
@@ -435,7 +442,7 @@ def main() -> None:
             job_id = finished_job(args.port)
         finally:
             stop_server(process)
-    process = start_server(data_dir, args.port, model, 0, options)
+    process = start_server(data_dir, args.port, model, 0, options, args.api_workers)
     try:
         print(
             f"sdserve API under load: {platform.node()}, {os.cpu_count()} CPUs,"
