@@ -15,6 +15,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _NICENESS = 10
 """How much lower the decoding processes' CPU priority is than the API's."""
+_PARENT_CHECK_S = 1.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,8 +40,17 @@ class ImagesUnavailable(JobError):
     status_code = 503
 
 
-def _lower_priority() -> None:
+def _start_process(parent_pid: int) -> None:
+    """In each pool process: a lower CPU priority, and an exit once the API process is gone
+    (killed with `kill -9`, it could not stop its pool; the pool's queue never closes)."""
     os.nice(_NICENESS)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 class ImagePool:
@@ -68,7 +80,8 @@ class ImagePool:
         self._pool = ProcessPoolExecutor(
             max_workers=self._processes,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lower_priority,
+            initializer=_start_process,
+            initargs=(os.getpid(),),
         )
         return self._pool
 
