@@ -107,6 +107,13 @@ def serve(
         int | None,
         typer.Option(help="Worker processes to start; 0 for an API-only node [default: 1]."),
     ] = None,
+    api_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="HTTP API processes sharing the port; the first also runs the workers'"
+            " supervisor, the sweeper and webhooks [default: 1; env SDSERVE_API_WORKERS].",
+        ),
+    ] = None,
     device: Device = None,
     database: Database = None,
     storage: Storage = None,
@@ -138,6 +145,7 @@ def serve(
             "models_file": models_file,
             "api_keys": api_key or None,
             "workers": workers,
+            "api_workers": api_workers,
             "device": device,
             "database": database,
             "storage": storage,

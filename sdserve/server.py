@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +26,7 @@ from sdserve.api.metrics import HttpMetricsMiddleware, RouteTemplates
 from sdserve.api.openapi import install_openapi
 from sdserve.api.ratelimit import RateLimits
 from sdserve.jobs.backends import open_job_store
+from sdserve.jobs.image_pool import ImagePool
 from sdserve.jobs.losses import SERVER_RESTARTED
 from sdserve.jobs.models import Job
 from sdserve.jobs.outbound import UrlPolicy
@@ -31,6 +34,7 @@ from sdserve.jobs.requests import InputLimits
 from sdserve.jobs.service import JobService
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import load_registry
+from sdserve.replicas import ApiReplicas, ReplicaLink
 from sdserve.settings import Settings
 from sdserve.storage.factory import open_image_store
 from sdserve.storage.signing import UrlSigner, load_secret
@@ -58,19 +62,38 @@ def check_binding(settings: Settings) -> None:
         )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The whole embedded server as an ASGI app; workers start with the app's lifespan."""
+def create_app(
+    settings: Settings,
+    replica: ReplicaLink | None = None,
+    relay: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The whole embedded server as an ASGI app; workers start with the app's lifespan.
+
+    `replica`: this app is one of the node's extra API processes, which serve HTTP only (no
+    workers, sweeper or webhooks). `relay`: the primary's replicas, told of every job event."""
     check_binding(settings)
     store = open_job_store(settings)
     registry = load_registry(settings.models_file, settings.model)
     watcher = JobWatcher(store)
-    supervisor = WorkerSupervisor(settings, store, settings.workers, on_job_event=watcher.notify)
+
+    def job_event(job_id: str) -> None:
+        watcher.notify(job_id)
+        if relay is not None:
+            relay(job_id)
+
+    supervisor: WorkerSupervisor | None = None
+    wake_workers: Callable[[], None]
+    if replica is None:
+        supervisor = WorkerSupervisor(settings, store, settings.workers, on_job_event=job_event)
+        wake_workers = supervisor.wake
+    else:
+        wake_workers = replica.wake_workers
     urls = UrlPolicy.parse(settings.allow_url_networks)
     service = JobService(
         store,
         registry,
         watcher=watcher,
-        wake_workers=supervisor.wake,
+        wake_workers=wake_workers,
         max_queue=settings.max_queue,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         limits=InputLimits(
@@ -80,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
             urls=urls,
             max_prompt_chars=settings.max_prompt_chars,
             compel_everywhere=settings.compel_everywhere,
+            images=ImagePool(settings.image_processes),
         ),
         # An open server has one user: there is no one to share fairly with.
         max_queued_per_key=settings.max_queued_per_key if settings.api_keys else None,
@@ -103,7 +127,19 @@ def create_app(settings: Settings) -> FastAPI:
         return renderers.get(job.dialect, runpod.render_webhook)(job, ctx)
 
     @asynccontextmanager
+    async def replica_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert replica is not None
+        replica.listen(watcher.notify)
+        _settle()
+        try:
+            yield
+        finally:
+            await service.close()
+            await asyncio.to_thread(store.close)
+
+    @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert supervisor is not None
         if settings.database is None:
             # Embedded: nothing runs before this start, so whatever was IN_PROGRESS lost its
             # worker. (Shared: other machines' workers may be running; heartbeats tell.)
@@ -131,6 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
                 )
             ),
         ]
+        _settle()
         try:
             yield
         finally:
@@ -140,8 +177,13 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(supervisor.stop)
             await asyncio.to_thread(store.close)
 
-    app = FastAPI(title="sdserve", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="sdserve",
+        version=__version__,
+        lifespan=lifespan if replica is None else replica_lifespan,
+    )
     app.state.ctx = ctx
+    app.state.supervisor = supervisor
     render_for = renderer_for({p: r for d in DIALECTS for p, r in d.error_shapes.items()})
     install_error_handlers(app, render_for)
     install_openapi(app)
@@ -157,20 +199,58 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def _settle() -> None:
+    """Start-up is over: what it allocated (modules, routes, schemas) stays for good, so the
+    garbage collector stops walking it at every collection of a busy server's requests."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> None:
-    """Run the embedded server until interrupted."""
+    """Run the embedded server until interrupted: the primary API process, and
+    `api_workers - 1` replicas on the same socket."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # This node's processes (this one, and the workers it spawns) record metrics there.
+    # This node's processes (this one, the workers and replicas it spawns) record metrics there.
     directory = metrics.open_node_directory()
+    replicas: ApiReplicas | None = None
     try:
-        app = create_app(settings)
+        replicas = ApiReplicas(settings, replica_main)
+        app = create_app(settings, relay=replicas.relay)
+        config = _uvicorn_config(settings, app)
+        listener = config.bind_socket()
         log.info(
-            "sdserve %s on http://%s:%s (data in %s)",
+            "sdserve %s on http://%s:%s (data in %s; %d API process(es))",
             __version__,
             settings.host,
             settings.port,
             settings.data_dir,
+            settings.api_workers,
         )
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        replicas.start(listener, app.state.supervisor.wake_semaphore)
+        uvicorn.Server(config).run(sockets=[listener])
     finally:
+        if replicas is not None:
+            replicas.stop()
         metrics.close_node_directory(directory)
+
+
+def replica_main(settings: Settings, listener: socket.socket, link: ReplicaLink) -> None:
+    """A replica API process: serve HTTP on the primary's socket until stopped."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings, replica=link)))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    link.watch_primary(stop)
+    server.run(sockets=[listener])
+
+
+def _uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )

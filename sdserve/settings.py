@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     encoder reads, short enough that parsing it costs nothing)."""
     compel_everywhere: bool = False
     """Parse every dialect's prompts with compel's weighting syntax (DeepInfra asks per request)."""
+    image_processes: int = Field(default=2, ge=1, le=64)
+    """Processes per API process that decode and resize input images, at a lower CPU priority;
+    more images at once wait their turn (each may take a few hundred MB while decoded)."""
     lora_dir: Path | None = None
     """Folder of LoRA `.safetensors` files, named by file stem (default <data-dir>/loras)."""
     enhance_prompt_suffix: str = ""
@@ -106,6 +109,12 @@ class Settings(BaseSettings):
     metrics_public: bool = False
     """Serve /metrics without an API key although keys are set (default: a key is needed;
     a server without keys listens on loopback only)."""
+    access_log: bool = False
+    """Log every HTTP request (uvicorn's access log); off by default, as one line per request
+    costs a busy API node a noticeable share of its CPU."""
+    api_workers: int = Field(default=1, ge=1, le=64)
+    """HTTP API processes of `serve`, sharing its port; the first also runs the workers'
+    supervisor, the sweeper and the webhook sender."""
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     """`sdserve worker` only: serve the worker's own /metrics on this port, at `host`
     (default: none; an API node serves its workers' metrics at its /metrics)."""

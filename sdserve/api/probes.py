@@ -33,7 +33,7 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Liveness)
-def healthz() -> Liveness:
+async def healthz() -> Liveness:
     """200 while the process answers at all (a liveness probe)."""
     return Liveness(status="ok")
 

@@ -26,15 +26,16 @@ from sdserve.api.runpod_protocol import (
     render_status,
     render_webhook_log,
 )
-from sdserve.jobs.models import Job, JobPolicy
+from sdserve.jobs.models import Job, JobPolicy, ProgressEvent
 from sdserve.jobs.requests import RequestDraft, prefixed
 from sdserve.jobs.service import Submission
 from sdserve.registry import describe
 
 router = APIRouter(tags=["runpod"])
 
-PREFIXES = ("/v1", "/v2")
-"""The seed's form and RunPod's current one (the SDK's); the server mounts the router at both."""
+PREFIXES = ("/v2", "/v1")
+"""RunPod's current form (the SDK's) and the seed's; the server mounts the router at both,
+v2 first: routes are matched in order and most calls use it."""
 _PREFIX = "/{endpoint:path}"
 _FIELDS = prefixed("input.")
 DIALECT_NAME = "runpod"
@@ -109,9 +110,16 @@ async def runsync(
 
 @router.get(_PREFIX + "/status/{job_id}", response_model=JobState, responses=_READS, **_OMIT_UNSET)
 @router.post(_PREFIX + "/status/{job_id}", response_model=JobState, responses=_ACTS, **_OMIT_UNSET)
-def status(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+async def status(
+    endpoint: str, job_id: str, caller: Caller = Depends(get_caller)
+) -> dict[str, Any]:
     """The job's state, timings, and output once done."""
-    return _status(caller, caller.ctx.service.get(caller.owner, endpoint, job_id))
+    job = await caller.ctx.service.read(caller.owner, endpoint, job_id)
+    if caller.ctx.inline_images:
+        return await run_in_threadpool(_status, caller, job)
+    # Signed links: a few hashes, no I/O. The answer's check and encoding run here too, not
+    # in a second trip to a thread, as a plain function's would.
+    return _status(caller, job)
 
 
 @router.post(_PREFIX + "/cancel/{job_id}", response_model=JobBrief, responses=_ACTS)
@@ -170,9 +178,17 @@ def health(endpoint: str, caller: Caller = Depends(get_caller)) -> dict[str, Any
 @router.get(
     _PREFIX + "/stream/{job_id}", response_model=StreamChunk, responses=_READS, **_OMIT_UNSET
 )
-def stream(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
+async def stream(
+    endpoint: str, job_id: str, caller: Caller = Depends(get_caller)
+) -> dict[str, Any]:
     """Progress events not read before; once the job is done, its output too."""
-    job, events = caller.ctx.service.stream(caller.owner, endpoint, job_id)
+    job, events = await caller.ctx.service.read_stream(caller.owner, endpoint, job_id)
+    if caller.ctx.inline_images and job.status.is_final:
+        return await run_in_threadpool(_stream_chunk, caller, job, events)
+    return _stream_chunk(caller, job, events)
+
+
+def _stream_chunk(caller: Caller, job: Job, events: list[ProgressEvent]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": job.id,
         "status": job.status.value,

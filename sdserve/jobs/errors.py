@@ -30,6 +30,10 @@ class InvalidInput(JobError):
         self.field = field
         self.rule = message
 
+    def __reduce__(self) -> tuple[type[InvalidInput], tuple[str, str]]:
+        # Raised in the image decoding processes too, and pickled back.
+        return (InvalidInput, (self.field, self.rule))
+
 
 class NotFound(JobError):
     status_code = 404

@@ -34,6 +34,14 @@ def add_event(db: sa.Connection, job_id: str, step: int, total: int) -> None:
     db.execute(job_events.insert().values(job_id=job_id, step=step, total=total))
 
 
+def has_unread(db: sa.Connection, job_id: str) -> bool:
+    """Whether the job has events not read before."""
+    unread = sa.select(job_events.c.seq).where(
+        job_events.c.job_id == job_id, sa.not_(job_events.c.read)
+    )
+    return db.execute(unread.limit(1)).first() is not None
+
+
 def take_events(db: sa.Connection, job_id: str) -> list[ProgressEvent]:
     """The job's events not read before, oldest first; marks them read."""
     rows = db.execute(

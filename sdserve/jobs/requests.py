@@ -3,7 +3,6 @@ model and with its images loaded, becomes the canonical request."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from collections.abc import Mapping
@@ -11,12 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from sdserve.canonical import GenerationRequest, SchedulerName
 from sdserve.jobs.errors import InvalidInput
-from sdserve.jobs.inputs import alpha_mask, prepare_init_image, prepare_mask, read_image
+from sdserve.jobs.image_pool import ImagePool
+from sdserve.jobs.inputs import (
+    alpha_mask,
+    open_image,
+    prepare_init_image,
+    prepare_mask,
+    read_image,
+)
 from sdserve.jobs.outbound import UrlPolicy
 from sdserve.loras import UnknownLora, find_lora
 from sdserve.registry import ModelSpec
@@ -203,6 +208,8 @@ class InputLimits:
     """Every prompt is parsed by compel where the model's family allows it, asked for or not."""
     urls: UrlPolicy = field(default_factory=UrlPolicy)
     """Non-public networks and hosts image URLs may reach (default: none)."""
+    images: ImagePool = field(default_factory=lambda: ImagePool(2), compare=False)
+    """Where input images are decoded and resized."""
 
 
 async def build_request(
@@ -262,35 +269,37 @@ async def _load_images(
     init_field, mask_field = _named(fields, "init_image"), _named(fields, "mask")
     if draft.mask and not draft.init_image:
         raise InvalidInput(mask_field, f"needs {init_field} to paint into")
-    init = mask = None
-    if draft.init_image:
-        init = await read_image(
-            init_field,
-            draft.init_image,
-            limits.fetch_timeout_s,
-            limits.fetch_max_bytes,
-            limits.urls,
-        )
+    if not draft.init_image:
+        return None, None
+    timeout_s, max_bytes = limits.fetch_timeout_s, limits.fetch_max_bytes
+    init = await read_image(init_field, draft.init_image, timeout_s, max_bytes, limits.urls)
+    mask = None
     if draft.mask:
-        mask = await read_image(
-            mask_field, draft.mask, limits.fetch_timeout_s, limits.fetch_max_bytes, limits.urls
-        )
-    # Resizing and PNG encoding run off the event loop.
-    return await asyncio.to_thread(_prepare, draft, mask_field, init, mask, width, height)
+        mask = await read_image(mask_field, draft.mask, timeout_s, max_bytes, limits.urls)
+    # Decoding, resizing and PNG encoding run in the image processes, off the API's CPU.
+    images = _Images(init_field, init, mask_field, mask, draft.mask_convention, width, height)
+    return await limits.images.run(_prepare, images)
 
 
-def _prepare(
-    draft: RequestDraft,
-    mask_field: str,
-    init: Image.Image | None,
-    mask: Image.Image | None,
-    width: int,
-    height: int,
-) -> tuple[bytes | None, bytes | None]:
-    init_png = None if init is None else prepare_init_image(init, width, height)
-    if mask is None:
+@dataclass(frozen=True)
+class _Images:
+    init_field: str
+    init: bytes
+    mask_field: str
+    mask: bytes | None
+    mask_convention: MaskConvention
+    width: int
+    height: int
+
+
+def _prepare(images: _Images) -> tuple[bytes, bytes | None]:
+    init = open_image(images.init_field, images.init)
+    init_png = prepare_init_image(init, images.width, images.height)
+    del init  # the decoded image is the big thing: gone before the mask is decoded
+    if images.mask is None:
         return init_png, None
-    if draft.mask_convention == "alpha":
-        mask = alpha_mask(mask_field, mask)
-    invert = draft.mask_convention == "black"
-    return init_png, prepare_mask(mask, width, height, invert=invert)
+    mask = open_image(images.mask_field, images.mask)
+    if images.mask_convention == "alpha":
+        mask = alpha_mask(images.mask_field, mask)
+    invert = images.mask_convention == "black"
+    return init_png, prepare_mask(mask, images.width, images.height, invert=invert)

@@ -24,6 +24,7 @@ from sdserve.jobs.errors import (
 )
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
 from sdserve.jobs.outbound import check_url
+from sdserve.jobs.reads import BatchedReads
 from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
 from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken, WebhookDelivery, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
@@ -90,6 +91,10 @@ class JobService:
         self._idempotency_ttl_s = idempotency_ttl_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._watcher = watcher
+        self._reads: BatchedReads[str, Job] = BatchedReads(self._get_many)
+        self._events: BatchedReads[str, list[ProgressEvent]] = BatchedReads(
+            self._take_events, taken=True
+        )
 
     def resolve_endpoint(self, name: str, unknown: UnknownModel = EndpointNotFound.of) -> ModelSpec:
         """The model an endpoint name or alias serves; `unknown` says how a dialect refuses
@@ -182,10 +187,16 @@ class JobService:
     def get(self, owner: str, endpoint: str, job_id: str) -> Job:
         """The caller's job on this endpoint; another owner's job is reported as not found."""
         spec = self.resolve_endpoint(endpoint)
-        job = self.store.get(job_id)
-        if job is None or job.owner != owner or job.endpoint != spec.name:
-            raise JobNotFound(job_id)
-        return job
+        return _owned(self.store.get(job_id), owner, spec, job_id)
+
+    async def read(self, owner: str, endpoint: str, job_id: str) -> Job:
+        """`get` for the event loop: concurrent reads share trips to a thread."""
+        spec = self.resolve_endpoint(endpoint)
+        return _owned(await self._reads.read(job_id), owner, spec, job_id)
+
+    def _get_many(self, job_ids: list[str]) -> dict[str, Job]:
+        jobs = {job_id: self.store.get(job_id) for job_id in job_ids}
+        return {job_id: job for job_id, job in jobs.items() if job is not None}
 
     def get_by_number(self, owner: str, number: int) -> Job:
         """The caller's job with this number (ModelsLab's integer ids)."""
@@ -257,11 +268,27 @@ class JobService:
         self.get(owner, endpoint, job_id)
         return self.store.webhook_log(job_id)
 
-    def stream(self, owner: str, endpoint: str, job_id: str) -> tuple[Job, list[ProgressEvent]]:
-        """Progress events not read before, and the job as it stands."""
-        self.get(owner, endpoint, job_id)
-        events = self.store.read_stream(job_id)
-        return self.get(owner, endpoint, job_id), events
+    async def read_stream(
+        self, owner: str, endpoint: str, job_id: str
+    ) -> tuple[Job, list[ProgressEvent]]:
+        """Progress events not read before, and the job as it stands; concurrent reads share
+        trips to a thread."""
+        job = await self.read(owner, endpoint, job_id)
+        events = await self._events.read(job_id) or []
+        if job.status.is_final:  # its events were all written before it ended
+            return job, events
+        return await self.read(owner, endpoint, job_id), events
+
+    def _take_events(self, job_ids: list[str]) -> dict[str, list[ProgressEvent]]:
+        return {job_id: self.store.read_stream(job_id) for job_id in job_ids}
 
     async def close(self) -> None:
         await self._watcher.close()
+        self._limits.images.close()
+
+
+def _owned(job: Job | None, owner: str, spec: ModelSpec, job_id: str) -> Job:
+    """The job if it is the owner's and of the endpoint's model; else not found, as if unknown."""
+    if job is None or job.owner != owner or job.endpoint != spec.name:
+        raise JobNotFound(job_id)
+    return job

@@ -478,6 +478,11 @@ class SqlJobStore(JobStore):
     # --- progress stream and webhook outbox -----------------------------------------------
 
     def read_stream(self, job_id: str) -> list[ProgressEvent]:
+        # Most reads find nothing new (a finished job, a poll between steps): a read tells so
+        # without queueing for the write lock.
+        with self._read() as db:
+            if not outbox.has_unread(db, job_id):
+                return []
         with self._tx() as db:
             return outbox.take_events(db, job_id)
 

@@ -22,6 +22,9 @@ def sqlite_engine(path: Path, *, immediate: bool) -> sa.Engine:
     engine = sa.create_engine(
         sa.URL.create("sqlite", database=str(path)),
         connect_args={"timeout": 30.0, "check_same_thread": False},
+        # Connections kept open for the API's threads (40 run handlers at once): past the
+        # pool, each request opened a file connection and set its pragmas, then closed it.
+        pool_size=48,
     )
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 

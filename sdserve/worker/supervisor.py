@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import SimpleQueue
+from multiprocessing.synchronize import Semaphore
 
 from sdserve import metrics
 from sdserve.jobs.losses import SERVER_STOPPED, worker_died
@@ -55,6 +56,11 @@ class WorkerSupervisor:
         only send workers to find nothing)."""
         if self._wake.get_value() < max(self._count, 1):
             self._wake.release()
+
+    @property
+    def wake_semaphore(self) -> Semaphore:
+        """What workers wait on for jobs: the node's other API processes release it too."""
+        return self._wake
 
     def start(self) -> None:
         for _ in range(self._count):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -173,6 +175,41 @@ def test_init_image_as_bare_base64_and_resized(client: httpx.Client) -> None:
     bare = png_data_uri(big).partition(",")[2]
     body = runsync(client, init_image=bare, width=256, height=128, num_inference_steps=2)
     assert first_image(client, body).shape == (128, 256, 3)
+
+
+def _flat_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_huge_init_images_are_scaled_down_or_refused_as_before(client: httpx.Client) -> None:
+    # Decoded in the image processes: a 64-million-pixel PNG (250 KB) is accepted and scaled
+    # down; a broken one and one past the limit get the same answers as small ones do.
+    huge = _flat_png(7990, 7990)
+    encoded = base64.b64encode(huge).decode()
+    broken = base64.b64encode(huge[: len(huge) // 2]).decode()
+    over = base64.b64encode(_flat_png(7990, 8020)).decode()
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(run, client, init_image=encoded, num_inference_steps=2) for _ in "ab"]
+        refused = [
+            pool.submit(client.post, "/v2/default/run", json={"input": {"prompt": "p", **given}})
+            for given in ({"init_image": broken}, {"init_image": over})
+        ]
+        # Meanwhile other calls are answered.
+        assert client.get("/v2/default/health").status_code == 200
+        job_ids = [job.result() for job in jobs]
+        answers = [answer.result() for answer in refused]
+    for job_id in job_ids:
+        body = wait_for(client, f"/v2/default/status/{job_id}", {"COMPLETED", "FAILED"})
+        assert body["status"] == "COMPLETED", body
+        assert first_image(client, body).shape == (128, 128, 3)
+    assert [answer.status_code for answer in answers] == [400, 400]
+    assert "input.init_image: is not a readable image" in answers[0].json()["error"]
+    assert (
+        "input.init_image: image is too large (7990 x 8020, at most 64000000 pixels)"
+        in answers[1].json()["error"]
+    )
 
 
 def test_stream_reports_progress_then_output(client: httpx.Client) -> None:
