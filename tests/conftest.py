@@ -29,6 +29,11 @@ API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
 
 
+SHARED_SERVER = {"SDSERVE_SWEEP_INTERVAL_S": "0.5", "SDSERVE_RATE_LIMIT": "none"}
+"""The servers many test modules share: no request rate limit, as tests (fuzzing) send calls
+faster than the default's 100 per second; tests/api/test_fairness.py tests the limits."""
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised SD-architecture pipeline saved in diffusers format."""
@@ -72,7 +77,7 @@ def family_models(tmp_path_factory: pytest.TempPathFactory) -> FamilyModels:
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[ServerProcess]:
     """One server with two API keys, shared by a test module."""
     data_dir = tmp_path_factory.mktemp("data")
-    env = {"SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}", "SDSERVE_SWEEP_INTERVAL_S": "0.5"}
+    env = {**SHARED_SERVER, "SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}"}
     with running_server(data_dir, ["--model", str(tiny_model)], env) as srv:
         yield srv
 
@@ -124,7 +129,7 @@ def backend_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
 ) -> Iterator[ServerProcess]:
     """Like `server`, once embedded (SQLite, local images) and once shared (PostgreSQL, S3)."""
-    env = {"SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}", "SDSERVE_SWEEP_INTERVAL_S": "0.5"}
+    env = {**SHARED_SERVER, "SDSERVE_API_KEYS": f"{API_KEY},{OTHER_KEY}"}
     with backend_running_server(
         request, tmp_path_factory, ["--model", str(tiny_model)], env
     ) as srv:

@@ -127,7 +127,7 @@ def test_server_kill_9_keeps_queued_and_running_jobs(tmp_path: Path, tiny_model:
     client = httpx.Client(base_url=server.url, timeout=30)
     try:
         running = client.post(
-            "/v2/default/run", json={"input": {**FAST, "num_inference_steps": 300, "seed": 1}}
+            "/v2/default/run", json={"input": {**FAST, "num_inference_steps": 100, "seed": 1}}
         ).json()["id"]
         queued = client.post("/v2/default/run", json={"input": {**FAST, "seed": 2}}).json()["id"]
         wait_for(client, f"/v2/default/status/{running}", {"IN_PROGRESS"})
@@ -153,7 +153,7 @@ def test_worker_crash_requeues_job_then_gives_up(tmp_path: Path, tiny_model: Pat
         client = httpx.Client(base_url=server.url, timeout=30)
         # a job survives one crash of its worker and completes on the replacement worker
         job_id = client.post(
-            "/v2/default/run", json={"input": {**FAST, "num_inference_steps": 200}}
+            "/v2/default/run", json={"input": {**FAST, "num_inference_steps": 100}}
         ).json()["id"]
         wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"})
         workers(server)[0].send_signal(signal.SIGKILL)
@@ -189,7 +189,7 @@ def test_restarts_use_up_no_attempt_but_a_worker_dying_under_its_job_does(
     server.start()
     client = httpx.Client(base_url=server.url, timeout=30)
     try:
-        long = {"input": {**FAST, "num_inference_steps": 300, "seed": 5}}
+        long = {"input": {**FAST, "num_inference_steps": 100, "seed": 5}}
         job_id = client.post("/v2/default/run", json=long).json()["id"]
         for signum in (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
             wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"}, timeout_s=180)

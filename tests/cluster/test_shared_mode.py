@@ -201,7 +201,7 @@ def test_a_worker_stopped_at_once_hands_its_job_back_without_using_an_attempt(
     ) as group:
         first = group.add_worker()
         client = group.client(0)
-        job_id = submit(client, input={**FAST, "num_inference_steps": 300})
+        job_id = submit(client, input={**FAST, "num_inference_steps": 100})
         wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"}, timeout_s=180)
         assert first.process is not None
         first.process.send_signal(signal.SIGTERM)
