@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     """Seconds a ModelsLab generation call waits for its images before answering `processing`."""
     nsfw_check: bool = True
     """Run the safety check on every image (the model's own checker, else NudeNet)."""
+    batch_images: bool = True
+    """A request's images in one batched pipeline call (each reproduces alone with its seed to
+    within a level of 255; inpainting always one call per image); off, one call per image,
+    bit-exact."""
     sweep_interval_s: float = Field(default=5.0, gt=0)
     """Seconds between sweeps for expired jobs and timed-out runs."""
     metrics_public: bool = False

@@ -39,6 +39,10 @@ class EngineOptions:
     """Parse every request's prompts with compel's weighting syntax, asked for or not."""
     nsfw_check: bool = True
     """Run the safety check on every image; off, every verdict is False."""
+    batch_images: bool = True
+    """Make a request's images in one pipeline call (each its own generator: image i still
+    reproduces with seed s+i, to within a level of 255); off, one call per image, exact.
+    Inpainting always makes one image per call."""
 
 
 @dataclass
@@ -75,25 +79,31 @@ def generate(
     on_step: OnStep,
     options: EngineOptions = EngineOptions(),
 ) -> list[GeneratedImage]:
-    """Make the request's images one at a time, calling `on_step` after every denoising step."""
+    """Make the request's images (in one batched call unless `options.batch_images` is off),
+    calling `on_step` after every denoising step."""
     mode = choose_mode(request)
     init = _open_image(request.init_image, "RGB", "init_image", request)
     mask = _open_image(request.mask, "L", "mask", request)
     lora = _lora_file(request, options)
-    progress = _Progress(on_step, request.num_outputs)
+    seeds = [request.image_seed(index) for index in range(request.num_outputs)]
+    # Batched inpainting strays from each seed's own image (up to 6 levels of 255 over ~8% of
+    # the pixels, bench/batch_equivalence.py), so it keeps one call per image.
+    batched = options.batch_images and mode != "inpaint"
+    calls = [seeds] if batched else [[seed] for seed in seeds]
+    progress = _Progress(on_step, len(calls))
     results = []
     with pipes.loras.applied(pipes.txt2img, lora, request.lora_scale):
         prompts = _prompt_arguments(pipes, request, options)
-        for index in range(request.num_outputs):
-            seed = request.image_seed(index)
-            image = _generate_one(pipes, request, mode, init, mask, seed, progress, prompts)
-            if init is not None and mask is not None:
-                # The VAE round trip alters every pixel; like A1111, the kept area comes back.
-                image = Image.composite(image, init, mask)
-            nsfw = options.nsfw_check and is_nsfw(pipes, image)
-            if nsfw and request.blank_nsfw:
-                image = blanked(image)
-            results.append(GeneratedImage(image=image, seed=seed, nsfw=nsfw))
+        for call in calls:
+            images = _generate(pipes, request, mode, init, mask, call, progress, prompts)
+            for seed, image in zip(call, images, strict=True):
+                if init is not None and mask is not None:
+                    # The VAE round trip alters every pixel; like A1111, the kept area comes back.
+                    image = Image.composite(image, init, mask)
+                nsfw = options.nsfw_check and is_nsfw(pipes, image)
+                if nsfw and request.blank_nsfw:
+                    image = blanked(image)
+                results.append(GeneratedImage(image=image, seed=seed, nsfw=nsfw))
     return results
 
 
@@ -122,16 +132,17 @@ def _prompt_arguments(
     return {"prompt": request.prompt, "negative_prompt": request.negative_prompt}
 
 
-def _generate_one(
+def _generate(
     pipes: PipelineSet,
     request: GenerationRequest,
     mode: Mode,
     init: Image.Image | None,
     mask: Image.Image | None,
-    seed: int,
+    seeds: list[int],
     progress: _Progress,
     prompts: dict[str, Any],
-) -> Image.Image:
+) -> list[Image.Image]:
+    """The images of `seeds`, in one pipeline call, each from a generator of its own seed."""
     pipe = (
         pipes.txt2img
         if mode == "txt2img"
@@ -139,15 +150,26 @@ def _generate_one(
         if mode == "inpaint"
         else pipes.img2img
     )
-    # A fresh scheduler and generator per image: image i of a batch is then exactly the image a
-    # one-image request with its seed gives.
+    # Families' pipelines differ in what they take (SD's img2img takes its size from the init
+    # image, FLUX has no negative prompt): each gets only what its __call__ declares.
+    accepted = inspect.signature(pipe.__call__).parameters
+    if len(seeds) > 1 and "num_images_per_prompt" not in accepted:
+        return [
+            image
+            for seed in seeds
+            for image in _generate(pipes, request, mode, init, mask, [seed], progress, prompts)
+        ]
+    # A fresh scheduler per call, and a generator per image: image i of a request is then the
+    # image a one-image request with its seed gives.
     pipe.scheduler = make_scheduler(request.scheduler, pipes.scheduler_config, pipes.family.name)
+    generators = [torch.Generator(pipes.device).manual_seed(seed) for seed in seeds]
     # Any: diffusers annotates callback_on_step_end as taking two arguments; it passes four.
     arguments: dict[str, Any] = {
         **prompts,
         "guidance_scale": request.guidance_scale,
         "num_inference_steps": request.num_inference_steps,
-        "generator": torch.Generator(pipes.device).manual_seed(seed),
+        "num_images_per_prompt": len(seeds),
+        "generator": generators if len(generators) > 1 else generators[0],
         "callback_on_step_end": progress,
     }
     width, height = working_size(pipes, request.width, request.height)
@@ -162,13 +184,10 @@ def _generate_one(
         arguments |= {"image": _fit(init, width, height), "strength": _strength(request)}
     if mode == "inpaint" and mask is not None:
         arguments["mask_image"] = _fit(mask, width, height)
-    # Families' pipelines differ in what they take (SD's img2img takes its size from the init
-    # image, FLUX has no negative prompt): each gets only what its __call__ declares.
-    accepted = inspect.signature(pipe.__call__).parameters
     # The pipelines carry no safety checker (see load_pipelines): `generate` runs the check.
     output = pipe(**{k: v for k, v in arguments.items() if k in accepted}, return_dict=False)
-    image: Image.Image = output[0][0]
-    return _fit(image, request.width, request.height)
+    images: list[Image.Image] = output[0]
+    return [_fit(image, request.width, request.height) for image in images]
 
 
 def working_size(pipes: PipelineSet, width: int, height: int) -> tuple[int, int]:
@@ -223,11 +242,11 @@ class _StepCounting(Protocol):
 
 
 class _Progress:
-    """The step callback: counts steps across the request's images and reports them."""
+    """The step callback: counts steps across the request's pipeline calls and reports them."""
 
-    def __init__(self, on_step: OnStep, images: int) -> None:
+    def __init__(self, on_step: OnStep, calls: int) -> None:
         self._on_step = on_step
-        self._images = images
+        self._calls = calls
         self._done = 0
         self.cutoff: Callable[..., dict[str, object]] | None = None
         """The model's guidance cutoff, run at each step before progress is counted."""
@@ -239,6 +258,6 @@ class _Progress:
             tensors = self.cutoff(pipe, step, timestep, tensors)
         self._done += 1
         # num_timesteps is what diffusers really runs (second-order samplers take about twice
-        # the steps, img2img only strength * steps); every image runs the same schedule.
-        self._on_step(self._done, pipe.num_timesteps * self._images)
+        # the steps, img2img only strength * steps); every call runs the same schedule.
+        self._on_step(self._done, pipe.num_timesteps * self._calls)
         return tensors

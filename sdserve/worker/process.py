@@ -84,6 +84,7 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
         loras_dir=settings.loras_dir,
         compel_everywhere=settings.compel_everywhere,
         nsfw_check=settings.nsfw_check,
+        batch_images=settings.batch_images,
     )
 
     def run_request(

@@ -112,7 +112,8 @@ def test_each_image_seed_reproduces_that_image(client: httpx.Client) -> None:
     assert not np.array_equal(pixels[0], pixels[1])
     single = runsync(client, seed=1001, num_outputs=1)["output"]
     assert isinstance(single, list)
-    assert np.array_equal(image_from_output(client, single[0]["image"]), pixels[1])
+    alone = image_from_output(client, single[0]["image"]).astype(int)
+    assert np.abs(alone - pixels[1].astype(int)).max() <= 1  # batched: within one level
 
 
 def test_random_seed_is_reported_and_reproduces(client: httpx.Client) -> None:

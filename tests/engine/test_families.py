@@ -87,7 +87,8 @@ def test_each_image_of_a_request_reproduces_alone(pipes: PipelineSet) -> None:
     assert [r.seed for r in results] == [77, 78]
     assert all(r.image.size == (128, 128) and r.nsfw is False for r in results)
     alone = _image(pipes, _request(pipes, seed=78))
-    assert np.array_equal(pixels(results[1].image), pixels(alone))
+    # One batched call sums in another order: within one level of 255 (README).
+    assert np.abs(pixels(results[1].image).astype(int) - pixels(alone).astype(int)).max() <= 1
     assert not np.array_equal(pixels(results[0].image), pixels(results[1].image))
 
 
@@ -96,7 +97,7 @@ def test_progress_counts_every_step_of_every_image(pipes: PipelineSet) -> None:
 
     generate(pipes, _request(pipes, num_outputs=2), lambda d, t: seen.append((d, t)))
 
-    assert seen == [(step, 8) for step in range(1, 9)]
+    assert seen == [(step, 4) for step in range(1, 5)]  # both images in one batched call
 
 
 def test_a_cancel_stops_the_image_at_the_next_step(pipes: PipelineSet) -> None:
