@@ -192,6 +192,20 @@ def decode_png(data: bytes) -> np.ndarray[Any, Any]:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+BATCH_LEVELS = 1
+"""How far an image made in one batched call may stray from its seed made alone (README)."""
+
+
+def assert_batched_matches_alone(
+    batched: np.ndarray[Any, Any], alone: np.ndarray[Any, Any]
+) -> None:
+    """A request's image i against its seed s+i run alone: a batch sums in another order, so
+    they agree to within `BATCH_LEVELS` of 255, as the README promises."""
+    assert batched.shape == alone.shape
+    difference = np.abs(batched.astype(int) - alone.astype(int)).max()
+    assert difference <= BATCH_LEVELS, f"batched image strays {difference} levels from alone"
+
+
 def image_from_output(client: httpx.Client, value: str) -> np.ndarray[Any, Any]:
     """Pixels of an `output[].image`: fetch a URL or decode base64."""
     if value.startswith("http"):

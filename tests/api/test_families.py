@@ -17,7 +17,13 @@ from sd_parsers import ParserManager
 from sdserve.families import FamilyName
 from tests.conftest import FamilyModels, shared_env
 from tests.engine.helpers import save_family_lora
-from tests.helpers import ServerProcess, decode_png, png_data_uri, running_server
+from tests.helpers import (
+    ServerProcess,
+    assert_batched_matches_alone,
+    decode_png,
+    png_data_uri,
+    running_server,
+)
 from tests.pg import fresh_database
 
 FAMILIES: list[FamilyName] = [f for f in get_args(FamilyName) if f != "sd1"]
@@ -69,7 +75,7 @@ def test_each_image_reproduces_alone_and_carries_its_parameters(
     first, second = images(client, answer)
     assert first.shape == (128, 128, 3)
     [alone] = images(client, runsync(client, family, seed=12))
-    assert np.array_equal(second, alone)
+    assert_batched_matches_alone(second, alone)
     png = client.get(answer["output"][0]["image"]).content
     info = ParserManager().parse(Image.open(io.BytesIO(png)))
     assert info is not None

@@ -16,7 +16,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import OTHER_KEY
-from tests.helpers import ServerProcess, image_from_output, link_expiry, png_data_uri, wait_for
+from tests.helpers import (
+    ServerProcess,
+    assert_batched_matches_alone,
+    image_from_output,
+    link_expiry,
+    png_data_uri,
+    wait_for,
+)
 
 FAST = {"width": 128, "height": 128, "num_inference_steps": 3}
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -112,8 +119,7 @@ def test_each_image_seed_reproduces_that_image(client: httpx.Client) -> None:
     assert not np.array_equal(pixels[0], pixels[1])
     single = runsync(client, seed=1001, num_outputs=1)["output"]
     assert isinstance(single, list)
-    alone = image_from_output(client, single[0]["image"]).astype(int)
-    assert np.abs(alone - pixels[1].astype(int)).max() <= 1  # batched: within one level
+    assert_batched_matches_alone(pixels[1], image_from_output(client, single[0]["image"]))
 
 
 def test_random_seed_is_reported_and_reproduces(client: httpx.Client) -> None:
