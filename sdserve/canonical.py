@@ -8,6 +8,7 @@ depend on it without depending on each other.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -74,6 +75,18 @@ class GenerationRequest(BaseModel):
     def image_seed(self, index: int) -> int:
         """The seed of output image `index`; sending it back with num_outputs=1 reproduces it."""
         return (self.seed + index) % (MAX_SEED + 1)
+
+    def batch_key(self) -> str | None:
+        """What a request must share with others to run in one pipeline call with them (its
+        prompts, negative prompts, seeds and image count may differ), or None: never batched
+        with other requests. Only plain text-to-image batches across requests."""
+        if self.init_image is not None or self.mask is not None or self.use_compel:
+            return None
+        shared = (
+            self.model, self.width, self.height, self.num_inference_steps, self.scheduler,
+            self.guidance_scale, self.lora, self.lora_scale if self.lora else None,
+        )  # fmt: skip
+        return json.dumps(shared)
 
 
 class ImageResult(BaseModel):

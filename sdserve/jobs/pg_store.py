@@ -44,6 +44,15 @@ _REGISTERED = sa.text(
     " DO UPDATE SET delivery_worker_id = EXCLUDED.delivery_worker_id"
 )
 _FOREVER_S = 10 * 365 * 86400.0
+deliveries = sa.table(
+    "procrastinate_jobs",
+    sa.column("id", sa.BigInteger),
+    sa.column("status", sa.Text),
+    sa.column("worker_id", sa.BigInteger),
+    sa.column("priority", sa.Integer),
+    sa.column("scheduled_at", sa.DateTime(timezone=True)),
+)
+"""The columns of procrastinate's job table that claiming a batch reads and writes."""
 
 
 def postgres_engine(conninfo: str) -> sa.Engine:
@@ -171,17 +180,55 @@ class PostgresJobStore(SqlJobStore):
             job_id = str(delivery.task_kwargs.get("job_id"))
             held = _held(delivery.id, self._fetcher(worker_id))
             with self._tx() as db:
-                job = self._start(
+                started = self._start(
                     db, sa.and_(jobs.c.id == job_id, held), worker_id, now, delivery.id
                 )
-            if job is not None:
-                return job
+            if started:
+                return started[0]
             # Cancelled, purged or expired between queueing and now: nothing to run. A delivery
             # a sweeper has meanwhile handed on (we were silent too long) is not ours to close.
             with self._read() as db:
                 ours = db.execute(sa.select(sa.literal(1)).where(held)).first()
             if ours is not None:
                 self._deliveries.close_delivery(delivery.id, JobStatus.CANCELLED)
+
+    def claim_batch(self, worker_id: str, now: float, first: Job, limit: int) -> list[Job]:
+        alike = self._batchable(first)
+        if alike is None or limit < 1:
+            return []
+        fetcher = self._fetcher(worker_id)
+        # procrastinate fetches only the next delivery of a queue; these are chosen by what
+        # their jobs share, so they are taken here the way its fetch_job takes one: todo ->
+        # doing for our procrastinate worker, skipping rows another worker is taking.
+        picked = (
+            sa.select(deliveries.c.id)
+            .join(jobs, jobs.c.delivery_id == deliveries.c.id)
+            .where(
+                alike,
+                deliveries.c.status == sa.literal_column("'todo'"),
+                sa.or_(
+                    deliveries.c.scheduled_at.is_(None), deliveries.c.scheduled_at <= sa.func.now()
+                ),
+            )
+            .order_by(deliveries.c.priority.desc(), deliveries.c.id)
+            .limit(limit)
+            .with_for_update(of=[deliveries, jobs], skip_locked=True)
+            .cte("picked")
+        )
+        with self._tx() as db:
+            taken = (
+                db.execute(
+                    deliveries.update()
+                    .where(deliveries.c.id == picked.c.id)
+                    .values(status=sa.literal_column("'doing'"), worker_id=fetcher)
+                    .returning(deliveries.c.id)
+                )
+                .scalars()
+                .all()
+            )
+            if not taken:
+                return []
+            return self._start(db, jobs.c.delivery_id.in_(taken), worker_id, now)
 
     def _fetch(self, worker_id: str) -> Delivery | None:
         try:

@@ -37,6 +37,9 @@ jobs = sa.Table(
     sa.Column("ttl_s", Seconds, nullable=False),
     sa.Column("timeout_s", Seconds),
     sa.Column("low_priority", sa.Boolean, nullable=False, server_default=sa.false()),
+    # What queued jobs share to run in one pipeline call (GenerationRequest.batch_key); NULL:
+    # the job runs alone.
+    sa.Column("batch_key", sa.Text),
     sa.Column("outputs", Json, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("error", sa.Text),
     # Runs started (each run's fencing token: a stale run's writes name an older one).
@@ -53,6 +56,7 @@ jobs = sa.Table(
     sa.Column("progress_total", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Index("sdserve_jobs_queue", "status", "low_priority", "created_at"),
     sa.Index("sdserve_jobs_endpoint", "endpoint", "status"),
+    sa.Index("sdserve_jobs_batch", "endpoint", "batch_key", "status"),
     sa.Index("sdserve_jobs_expiry", "expires_at"),
     sa.Index("sdserve_jobs_owner", "owner", "status"),
 )

@@ -146,6 +146,7 @@ class SqlJobStore(JobStore):
             "ttl_s": ttl_s,
             "timeout_s": timeout_ms / 1000 if timeout_ms else None,
             "low_priority": job.policy.low_priority,
+            "batch_key": job.request.batch_key(),
         }
 
     @staticmethod
@@ -243,9 +244,11 @@ class SqlJobStore(JobStore):
         worker_id: str,
         now: float,
         delivery_id: int | None = None,
-    ) -> Job | None:
-        """CLAIM: start the next run of the queued job `which` selects."""
-        row = db.execute(
+    ) -> list[Job]:
+        """CLAIM: start the next run of each queued job `which` selects (keeping their
+        delivery unless `delivery_id` names the one that delivered them)."""
+        delivered = {} if delivery_id is None else {"delivery_id": delivery_id}
+        rows = db.execute(
             jobs.update()
             .where(which, movable(Op.CLAIM))
             .values(
@@ -256,15 +259,32 @@ class SqlJobStore(JobStore):
                 attempts=jobs.c.attempts + 1,
                 progress_step=0,
                 progress_total=0,
-                delivery_id=delivery_id,
+                **delivered,
             )
             .returning(*jobs.c)
-        ).first()
-        if row is None:
+        ).all()
+        started = sorted((job_from_row(row._mapping) for row in rows), key=lambda j: j.created_at)
+        for job in started:
+            outbox.clear_events(db, job.id)
+        if started:
+            db.execute(
+                workers.update()
+                .where(workers.c.worker_id == worker_id)
+                .values(job_id=started[0].id)
+            )
+        return started
+
+    def _batchable(self, first: Job) -> sa.ColumnElement[bool] | None:
+        """Queued jobs that may share `first`'s pipeline call (None: none may)."""
+        key = first.request.batch_key()
+        if key is None:
             return None
-        outbox.clear_events(db, row.id)
-        db.execute(workers.update().where(workers.c.worker_id == worker_id).values(job_id=row.id))
-        return job_from_row(row._mapping)
+        alike = sa.and_(
+            movable(Op.CLAIM), jobs.c.endpoint == first.endpoint, jobs.c.batch_key == key
+        )
+        if not first.policy.low_priority:
+            alike = sa.and_(alike, jobs.c.low_priority == sa.false())
+        return alike
 
     def heartbeat(self, worker_id: str, job_id: str | None, now: float) -> None:
         with self._tx() as db:

@@ -58,7 +58,16 @@ class SqliteJobStore(SqlJobStore):
             queued = queued.where(jobs.c.endpoint.in_(self._models))
         first = queued.order_by(jobs.c.low_priority, jobs.c.created_at).limit(1)
         with self._tx() as db:
-            return self._start(db, jobs.c.id == first.scalar_subquery(), worker_id, now)
+            started = self._start(db, jobs.c.id == first.scalar_subquery(), worker_id, now)
+        return started[0] if started else None
+
+    def claim_batch(self, worker_id: str, now: float, first: Job, limit: int) -> list[Job]:
+        alike = self._batchable(first)
+        if alike is None or limit < 1:
+            return []
+        oldest = sa.select(jobs.c.id).where(alike).order_by(jobs.c.created_at).limit(limit)
+        with self._tx() as db:
+            return self._start(db, jobs.c.id.in_(oldest.scalar_subquery()), worker_id, now)
 
     def requeue_orphans(
         self,

@@ -117,6 +117,12 @@ class JobStore(ABC):
         """Atomically move the next queued job to IN_PROGRESS for this worker: normal before
         low priority, oldest first, among the models this store was opened for."""
 
+    @abstractmethod
+    def claim_batch(self, worker_id: str, now: float, first: Job, limit: int) -> list[Job]:
+        """Atomically start up to `limit` more queued jobs that can share `first`'s pipeline
+        call (same model and `GenerationRequest.batch_key`), oldest first; while `first` has
+        normal priority, no low-priority job rides along (it would slow the normal ones)."""
+
     def wait_for_jobs(self, timeout_s: float) -> None:
         """Block until a job may be waiting, at most `timeout_s` (a backend without
         notifications just sleeps)."""

@@ -15,7 +15,7 @@ from sdserve.jobs.losses import (
     worker_died,
     worker_silent,
 )
-from sdserve.jobs.models import JobStatus
+from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.sql_store import NUMBERS
 from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken
 from tests.jobs.conftest import OpenStore
@@ -87,6 +87,45 @@ def test_claim_order_normal_before_low_priority_then_fifo(store: JobStore) -> No
     claimed = [store.claim("w", time.time()) for _ in range(4)]
     assert [j.id if j else None for j in claimed] == ["first", "second", "low", None]
     assert all(j.status == JobStatus.IN_PROGRESS and j.attempts == 1 for j in claimed if j)
+
+
+def _like(job_id: str, low_priority: bool = False, **request: object) -> Job:
+    job = make_job(job_id, low_priority=low_priority)
+    return job.model_copy(update={"request": job.request.model_copy(update=request)})
+
+
+def test_a_batch_takes_only_queued_jobs_that_share_the_call(store: JobStore) -> None:
+    store.create(_like("first", prompt="a cat"))
+    store.create(_like("low", True))  # same call, but low priority: never slows normal ones
+    store.create(_like("steps", num_inference_steps=3))
+    store.create(_like("img2img", init_image=b"png"))
+    store.create(_like("other", model="other"))
+    for job_id in ("alike1", "cancelled", "alike2", "alike3"):
+        store.create(_like(job_id, prompt=f"{job_id} prompt", seed=9, num_outputs=2))
+    store.cancel("cancelled", time.time())
+    first = store.claim("w", time.time())
+    assert first is not None and first.id == "first"
+
+    batch = store.claim_batch("w", time.time(), first, 2)
+    assert [j.id for j in batch] == ["alike1", "alike2"]  # oldest first, up to the limit
+    assert all(j.status == JobStatus.IN_PROGRESS and j.attempts == 1 for j in batch)
+    assert all(j.worker_id == "w" for j in batch)
+    assert [j.id for j in store.claim_batch("w2", time.time(), first, 8)] == ["alike3"]
+    assert store.claim_batch("w", time.time(), first, 8) == []
+    # A job that batches with none takes no companions.
+    img2img = store.get("img2img")
+    assert img2img is not None and store.claim_batch("w", time.time(), img2img, 8) == []
+    # What is left is claimed one by one in the usual order; a low-priority first job takes
+    # companions of any priority.
+    rest = [store.claim("w", time.time()) for _ in range(4)]
+    assert [j.id if j else None for j in rest] == ["steps", "img2img", "other", "low"]
+    store.create(_like("later"))
+    low = rest[-1]
+    assert low is not None and [j.id for j in store.claim_batch("w", time.time(), low, 8)] == [
+        "later"
+    ]
+    for job in [first, *batch]:
+        assert store.finish(job.id, 1, JobStatus.COMPLETED, time.time())
 
 
 def test_finish_sets_outputs_expiry_and_webhook(store: JobStore) -> None:
