@@ -100,11 +100,84 @@ def generate(
                 if init is not None and mask is not None:
                     # The VAE round trip alters every pixel; like A1111, the kept area comes back.
                     image = Image.composite(image, init, mask)
-                nsfw = options.nsfw_check and is_nsfw(pipes, image)
-                if nsfw and request.blank_nsfw:
-                    image = blanked(image)
-                results.append(GeneratedImage(image=image, seed=seed, nsfw=nsfw))
+                results.append(_checked(pipes, request, image, seed, options))
     return results
+
+
+def generate_batch(
+    pipes: PipelineSet,
+    requests: list[GenerationRequest],
+    on_step: OnStep,
+    options: EngineOptions = EngineOptions(),
+) -> list[list[GeneratedImage]]:
+    """The images of several requests that share one `batch_key` (each with its own prompts,
+    seeds and image count), made in one pipeline call; each request's images in order.
+    `on_step` counts the call's steps. Where one call cannot take them all (prompts weighted
+    by compel, a pipeline without batches), the requests run one after another."""
+    if len(requests) == 1:
+        return [generate(pipes, requests[0], on_step, options)]
+    keys = {request.batch_key() for request in requests}
+    if None in keys or len(keys) > 1:
+        raise ValueError("only requests with one batch_key can share a pipeline call")
+    first = requests[0]
+    accepted = inspect.signature(pipes.txt2img.__call__).parameters
+    weighted = options.compel_everywhere and pipes.family.compel
+    if weighted or "num_images_per_prompt" not in accepted or not options.batch_images:
+        return _one_after_another(pipes, requests, on_step, options)
+    seeds = [r.image_seed(i) for r in requests for i in range(r.num_outputs)]
+    prompts: dict[str, Any] = {"prompt": [r.prompt for r in requests for _ in range(r.num_outputs)]}
+    if pipes.family.negative_prompt:
+        prompts["negative_prompt"] = [
+            r.negative_prompt for r in requests for _ in range(r.num_outputs)
+        ]
+    progress = _Progress(on_step, 1)
+    with pipes.loras.applied(pipes.txt2img, _lora_file(first, options), first.lora_scale):
+        images = iter(_generate(pipes, first, "txt2img", None, None, seeds, progress, prompts))
+    return [
+        [
+            _checked(pipes, request, next(images), request.image_seed(index), options)
+            for index in range(request.num_outputs)
+        ]
+        for request in requests
+    ]
+
+
+def _one_after_another(
+    pipes: PipelineSet,
+    requests: list[GenerationRequest],
+    on_step: OnStep,
+    options: EngineOptions,
+) -> list[list[GeneratedImage]]:
+    """Each request in its own call(s); steps counted across them all (the total supposes
+    the requests still to come take as many steps as the last one)."""
+    results = []
+    done_before = 0
+    for index, request in enumerate(requests):
+        left = len(requests) - index
+        last_total = 0
+
+        def step(done: int, total: int, before: int = done_before, left: int = left) -> None:
+            nonlocal last_total
+            last_total = total
+            on_step(before + done, before + total * left)
+
+        results.append(generate(pipes, request, step, options))
+        done_before += last_total
+    return results
+
+
+def _checked(
+    pipes: PipelineSet,
+    request: GenerationRequest,
+    image: Image.Image,
+    seed: int,
+    options: EngineOptions,
+) -> GeneratedImage:
+    """An output image after the safety check (blanked if flagged and the request says so)."""
+    nsfw = options.nsfw_check and is_nsfw(pipes, image)
+    if nsfw and request.blank_nsfw:
+        image = blanked(image)
+    return GeneratedImage(image=image, seed=seed, nsfw=nsfw)
 
 
 def _lora_file(request: GenerationRequest, options: EngineOptions) -> Path | None:
@@ -168,7 +241,8 @@ def _generate(
         **prompts,
         "guidance_scale": request.guidance_scale,
         "num_inference_steps": request.num_inference_steps,
-        "num_images_per_prompt": len(seeds),
+        # Prompts given one per image (a batch of requests) need no repeating.
+        "num_images_per_prompt": 1 if isinstance(prompts.get("prompt"), list) else len(seeds),
         "generator": generators if len(generators) > 1 else generators[0],
         "callback_on_step_end": progress,
     }

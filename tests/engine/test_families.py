@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from sdserve.canonical import GenerationRequest
-from sdserve.engine.generate import EngineOptions, generate
+from sdserve.engine.generate import EngineOptions, generate, generate_batch
 from sdserve.engine.pipelines import PipelineSet, load_pipelines
 from sdserve.families import FamilyName
 from sdserve.registry import ModelSpec
@@ -90,6 +90,29 @@ def test_each_image_of_a_request_reproduces_alone(pipes: PipelineSet) -> None:
     # One batched call sums in another order: within one level of 255 (README).
     assert np.abs(pixels(results[1].image).astype(int) - pixels(alone).astype(int)).max() <= 1
     assert not np.array_equal(pixels(results[0].image), pixels(results[1].image))
+
+
+def test_requests_batched_together_each_reproduce_alone(pipes: PipelineSet) -> None:
+    # Dynamic batching: requests that share a batch_key run in one call, each with its own
+    # prompts, seeds and image count.
+    requests = [
+        _request(pipes, prompt="a lighthouse at dusk", seed=3),
+        _request(pipes, prompt="a cat", negative_prompt="blurry", seed=50, num_outputs=2),
+    ]
+    steps: list[tuple[int, int]] = []
+
+    batch = generate_batch(pipes, requests, lambda d, t: steps.append((d, t)), EngineOptions())
+
+    assert [[r.seed for r in images] for images in batch] == [[3], [50, 51]]
+    assert steps[-1][0] == steps[-1][1] == len(steps)  # one call: one request's steps
+    for request, images in zip(requests, batch, strict=True):
+        for index, result in enumerate(images):
+            alone = _image(
+                pipes, request.model_copy(update={"seed": result.seed, "num_outputs": 1})
+            )
+            difference = np.abs(pixels(result.image).astype(int) - pixels(alone).astype(int))
+            assert difference.max() <= 1, (index, difference.max())  # the README's one level
+    assert mean_difference(batch[0][0].image, batch[1][0].image) > 1.0  # its own prompt
 
 
 def test_progress_counts_every_step_of_every_image(pipes: PipelineSet) -> None:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sdserve.canonical import SCHEDULER_NAMES, GenerationRequest
-from sdserve.engine.generate import EngineOptions, UnsupportedRequest, generate
+from sdserve.engine.generate import EngineOptions, UnsupportedRequest, generate, generate_batch
 from sdserve.engine.pipelines import PipelineSet
 
 from .helpers import (
@@ -91,6 +91,30 @@ def test_with_batching_off_each_image_is_exactly_its_seeds(pipes: PipelineSet, m
     batch = generate(pipes, request, ignore_steps, exact)
     [alone] = generate(pipes, _request(mode, scheduler="EULER-A", seed=42), ignore_steps, exact)
     assert np.array_equal(pixels(alone.image), pixels(batch[1].image))
+
+
+def test_only_requests_of_one_batch_key_share_a_call(pipes: PipelineSet) -> None:
+    requests = [
+        _request("txt2img", num_inference_steps=4),
+        _request("txt2img", num_inference_steps=5),
+    ]
+    with pytest.raises(ValueError, match="one batch_key"):
+        generate_batch(pipes, requests, ignore_steps)
+    with pytest.raises(ValueError, match="one batch_key"):
+        generate_batch(pipes, [_request("img2img"), _request("img2img")], ignore_steps)
+
+
+def test_weighted_prompts_in_a_batch_run_one_after_another_exactly(pipes: PipelineSet) -> None:
+    # compel's embeddings are per request: such a batch runs request by request, each exact.
+    weighted = EngineOptions(compel_everywhere=True)
+    requests = [_request("txt2img", prompt="a (red)1.4 ball", seed=5), _request("txt2img", seed=6)]
+    steps: list[tuple[int, int]] = []
+    batch = generate_batch(pipes, requests, lambda d, t: steps.append((d, t)), weighted)
+    for request, [result] in zip(requests, batch, strict=True):
+        [alone] = generate(pipes, request, ignore_steps, weighted)
+        assert np.array_equal(pixels(alone.image), pixels(result.image))
+    assert [d for d, _ in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1][0] == steps[-1][1]
 
 
 def _round_trip(pipes: PipelineSet, image: Image.Image) -> Image.Image:
