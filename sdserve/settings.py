@@ -13,6 +13,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 OutputFormat = Literal["url", "base64"]
 
 
+DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 8}
+"""Jobs per pipeline call when `max_batch` is not set, by kind of device (bench/batching.py)."""
+
+
 class Settings(BaseSettings):
     """Server settings; frozen once read so nothing changes them behind a running server."""
 
@@ -108,6 +112,13 @@ class Settings(BaseSettings):
     """A request's images in one batched pipeline call (each reproduces alone with its seed to
     within a level of 255; inpainting always one call per image); off, one call per image,
     bit-exact."""
+    max_batch: int | None = Field(default=None, ge=1, le=64)
+    """Queued jobs a worker runs in one pipeline call when they share model, size, steps,
+    sampler, guidance and LoRA (plain text-to-image); 1 runs each job alone (default: chosen
+    per device by measurement, see `max_batch_for`)."""
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
+    """Milliseconds a worker waits for more jobs to fill a batch after taking the first
+    (default 0: it batches only what is already queued, so no job waits for company)."""
     sweep_interval_s: float = Field(default=5.0, gt=0)
     """Seconds between sweeps for expired jobs and timed-out runs."""
     metrics_public: bool = False
@@ -164,6 +175,12 @@ class Settings(BaseSettings):
         if not value.startswith(("memory://", "redis://", "rediss://")):
             raise ValueError("rate_limit_storage must be memory:// or a redis:// URL")
         return value
+
+    def max_batch_for(self, device: str) -> int:
+        """`max_batch`, or the default measured best on this kind of device (bench/README)."""
+        if self.max_batch is not None:
+            return self.max_batch
+        return DEFAULT_MAX_BATCH["cpu" if device == "cpu" else "gpu"]
 
     @property
     def is_loopback(self) -> bool:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 from sdserve.canonical import GenerationRequest
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.losses import WORKER_STOPPED
+from sdserve.jobs.models import Job
 from sdserve.jobs.store import JobStore
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import Settings
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 _IDLE_WAIT_S = 0.5
 _RETRY_S = 2.0
+_BATCH_POLL_S = 0.005
+"""How often a worker waiting to fill a batch looks for more jobs."""
 
 
 class _Heartbeat(threading.Thread):
@@ -77,8 +80,9 @@ def _share_cpu_cores(workers: int, threads: int | None) -> None:
 
 
 def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineCache) -> Generate:
-    """The worker's Generate: the request's model from `cache`, run under the server's settings."""
-    from sdserve.engine.generate import EngineOptions, generate
+    """The worker's Generate: the requests' model from `cache`, run under the server's
+    settings (requests of one batch share their model)."""
+    from sdserve.engine.generate import EngineOptions, generate_batch
 
     options = EngineOptions(
         loras_dir=settings.loras_dir,
@@ -87,12 +91,13 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
         batch_images=settings.batch_images,
     )
 
-    def run_request(
-        request: GenerationRequest, on_step: Callable[[int, int], None]
-    ) -> list[GeneratedImage]:
-        spec = registry.resolve(request.model)
+    def run_requests(
+        requests: list[GenerationRequest], on_step: Callable[[int, int], None]
+    ) -> list[list[GeneratedImage]]:
+        model = requests[0].model
+        spec = registry.resolve(model)
         if spec is None:
-            raise ValueError(f"model {request.model!r} is not configured on this worker")
+            raise ValueError(f"model {model!r} is not configured on this worker")
         try:
             pipes = cache.get(spec)
         except Exception as exc:
@@ -101,9 +106,34 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
             raise ValueError(
                 f"could not load model {spec.name!r} from {spec.source}: {reason}"
             ) from None
-        return generate(pipes, request, on_step, options)
+        return generate_batch(pipes, requests, on_step, options)
 
-    return run_request
+    return run_requests
+
+
+class _Batcher:
+    """Gathers queued jobs that can share the first one's pipeline call: up to `max_batch`,
+    waiting at most `batch_wait_ms` for more to arrive."""
+
+    def __init__(self, store: JobStore, worker_id: str, max_batch: int, wait_ms: float) -> None:
+        self._store = store
+        self._worker_id = worker_id
+        self._max = max_batch
+        self._wait_s = wait_ms / 1000
+
+    def gather(self, first: Job) -> list[Job]:
+        batch = [first]
+        if self._max <= 1 or first.request.batch_key() is None:
+            return batch
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            batch += self._store.claim_batch(
+                self._worker_id, time.time(), first, self._max - len(batch)
+            )
+            left = deadline - time.monotonic()
+            if len(batch) >= self._max or left <= 0:
+                return batch
+            time.sleep(min(left, _BATCH_POLL_S))
 
 
 def worker_main(
@@ -143,7 +173,9 @@ def worker_main(
     heartbeat.start()
     log.info("worker %s ready on %s for %s", worker_id, device, ", ".join(models))
     generate = request_runner(settings, registry, cache)
-    runner = JobRunner(store, open_image_store(settings.storage, settings.images_dir), generate)
+    images = open_image_store(settings.storage, settings.images_dir)
+    runner = JobRunner(store, images, generate, None if events is None else events.put)
+    batcher = _Batcher(store, worker_id, settings.max_batch_for(device), settings.batch_wait_ms)
     stop = stop or threading.Event()
     try:
         while not stop.is_set():
@@ -160,12 +192,18 @@ def worker_main(
                     store.wait_for_jobs(_IDLE_WAIT_S)
                 continue
             heartbeat.job_id = job.id
-            log.info("worker %s: running job %s (attempt %d)", worker_id, job.id, job.attempts)
-            runner.run(job)
+            batch = batcher.gather(job)
+            for each in batch:
+                log.info(
+                    "worker %s: running job %s (attempt %d)", worker_id, each.id, each.attempts
+                )
+            runner.run_batch(batch)
             heartbeat.job_id = None
-            if events is not None:
-                events.put(job.id)
     finally:
+        try:
+            runner.close()  # the last batch's images are stored before the worker goes
+        except Exception:
+            log.exception("worker %s: could not store its last batch", worker_id)
         if parent_pid is None:
             if heartbeat.job_id is not None:  # told to stop at once, in the middle of a job
                 store.requeue_orphans(

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -18,21 +19,22 @@ from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.store import JobStore
 from sdserve.samplers import SAMPLERS
 from sdserve.storage.base import ImageStore
+from sdserve.worker.watch import Run, RunWatch
 
 if TYPE_CHECKING:  # the API process imports this module and must not load torch
     from sdserve.engine.generate import GeneratedImage
 
 log = logging.getLogger(__name__)
 
-_PROGRESS_EVERY_S = 0.1
-"""Progress is written at most this often; the stop check still happens every step."""
-
 
 class JobStopped(BaseException):
     """The job was cancelled or timed out; derives from BaseException so nothing swallows it."""
 
 
-Generate = Callable[[GenerationRequest, Callable[[int, int], None]], list["GeneratedImage"]]
+Generate = Callable[
+    [list[GenerationRequest], Callable[[int, int], None]], list[list["GeneratedImage"]]
+]
+"""The engine as the runner calls it: requests sharing a batch_key in, each one's images out."""
 
 
 def parameters_text(request: GenerationRequest, seed: int) -> str:
@@ -74,81 +76,165 @@ def png_bytes(image: Image.Image, request: GenerationRequest, seed: int) -> byte
 
 
 class JobRunner:
-    """Executes jobs for one worker."""
+    """Executes jobs for one worker: a batch's generation on the calling (main) thread, its
+    images' encoding and storing on a thread of their own, overlapping the next batch."""
 
-    def __init__(self, store: JobStore, images: ImageStore, generate: Generate) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        images: ImageStore,
+        generate: Generate,
+        on_finished: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_finished`: told each job's id once its run has ended and been recorded."""
         self._store = store
         self._images = images
         self._generate = generate
+        self._on_finished = on_finished or (lambda job_id: None)
+        self._watch = RunWatch(store)
+        self._finishing = ThreadPoolExecutor(1, thread_name_prefix="finish")
+        self._pending: Future[None] | None = None
 
     def run(self, job: Job) -> None:
-        """Run a claimed job to its end; never raises for a job's own failure."""
-        attempt = job.attempts
-        model = job.endpoint
-        metrics.run_started(model, (job.started_at or time.time()) - job.created_at)
+        """Run one claimed job to its end (recorded when this returns)."""
+        self.run_batch([job])
+        self.drain()
+
+    def run_batch(self, jobs: list[Job]) -> None:
+        """Generate claimed jobs that share a batch_key in one call; each job then ends on its
+        own (completed, failed, cancelled or timed out) once its images are stored. Returns
+        when the images are made; never raises for a job's own failure."""
+        runs = [Run(job) for job in jobs]
+        for job in jobs:
+            metrics.run_started(job.endpoint, (job.started_at or time.time()) - job.created_at)
+        self._watch.follow(runs)
         clock = _StepClock()
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
             try:
-                results = self._generate(job.request, self._step_callback(job, clock))
+                results = self._generate([r.job.request for r in runs], self._on_step(runs, clock))
             finally:
-                clock.record(model)
-            generated = time.perf_counter()
-            outputs = [
-                ImageResult(
-                    key=self._images.put(job.id, i, png_bytes(r.image, job.request, r.seed)),
-                    seed=r.seed,
-                    nsfw=r.nsfw,
-                )
-                for i, r in enumerate(results)
-            ]
+                clock.record(jobs[0].endpoint)
         except JobStopped:
-            log.info("job %s stopped", job.id)
-            self._store.release(job.id, attempt)
-            return
-        except ValueError as exc:
-            self._fail(job, attempt, str(exc))
+            self._after([(run, None) for run in runs], None)
             return
         except Exception as exc:
-            log.exception("job %s failed", job.id)
-            self._fail(job, attempt, f"generation failed: {type(exc).__name__}: {exc}")
-            return
-        stored = time.perf_counter()
-        metrics.images_generated(model, len(outputs))
-        self._store.finish(job.id, attempt, JobStatus.COMPLETED, time.time(), outputs=outputs)
-        log.info(
-            "job %s: generated in %.0f ms, stored in %.0f ms",
-            job.id, (generated - started) * 1000, (stored - generated) * 1000,
-        )  # fmt: skip
-
-    def _fail(self, job: Job, attempt: int, message: str) -> None:
-        self._store.finish(job.id, attempt, JobStatus.FAILED, time.time(), error=message)
-
-    def _step_callback(self, job: Job, clock: _StepClock) -> Callable[[int, int], None]:
-        attempt = job.attempts
-        started = job.started_at or time.time()
-        timeout_ms = job.policy.execution_timeout_ms
-        deadline = started + timeout_ms / 1000 if timeout_ms else None
-        last_write = 0.0
-
-        def on_step(done: int, total: int) -> None:
-            nonlocal last_write
-            clock.tick(done)
-            now = time.time()
-            if deadline is not None and now > deadline:
-                self._store.finish(
-                    job.id, attempt, JobStatus.TIMED_OUT, now, error="execution timeout exceeded"
+            if len(runs) > 1:  # one job's fault must not fail the others: each again alone
+                log.warning(
+                    "a batch of %d failed (%s); running its jobs one by one", len(runs), exc
                 )
-                raise JobStopped()
-            if now - last_write >= _PROGRESS_EVERY_S or done == total:
-                last_write = now
-                status = self._store.add_progress(job.id, attempt, done, total)
-            else:
-                status = self._store.attempt_status(job.id, attempt)
-            if status != JobStatus.IN_PROGRESS:
+                for run in runs:
+                    self._watch.forget(run)
+                for job in jobs:
+                    self._resume(job)
+                return
+            self._after([(runs[0], _failure(exc, runs[0].job))], None)
+            return
+        generated = time.perf_counter()
+        timing = _BatchTiming(len(runs), started, clock, generated)
+        self._after(list(zip(runs, results, strict=True)), timing)
+
+    def drain(self) -> None:
+        """Wait until every batch handed on has been stored and recorded."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def close(self) -> None:
+        self.drain()
+        self._finishing.shutdown()
+        self._watch.close()
+
+    def _resume(self, job: Job) -> None:
+        if self._store.attempt_status(job.id, job.attempts) == JobStatus.IN_PROGRESS:
+            self.run_batch([job])
+        else:
+            self._store.release(job.id, job.attempts)
+
+    def _after(self, ended: list[tuple[Run, _Outcome]], timing: _BatchTiming | None) -> None:
+        # One batch stores while the next generates; a slower store holds the generation back
+        # rather than piling up images in memory.
+        self.drain()
+        self._pending = self._finishing.submit(self._finish_all, ended, timing)
+
+    def _finish_all(self, ended: list[tuple[Run, _Outcome]], timing: _BatchTiming | None) -> None:
+        encoded = stored = 0.0
+        for run, outcome in ended:
+            self._watch.forget(run)
+            try:
+                encode_s, store_s = self._finish(run, outcome)
+            except Exception:  # the store is away: the job stays IN_PROGRESS and is re-run
+                log.exception("job %s: could not record its end", run.job.id)
+                continue
+            encoded += encode_s
+            stored += store_s
+            self._on_finished(run.job.id)
+        if timing is not None:
+            timing.log(encoded, stored)
+
+    def _finish(self, run: Run, outcome: _Outcome) -> tuple[float, float]:
+        """End one run; return the seconds spent encoding and storing its images."""
+        job = run.job
+        if run.stopped or outcome is None:
+            log.info("job %s stopped", job.id)
+            self._store.release(job.id, run.attempt)
+            return 0.0, 0.0
+        if isinstance(outcome, str):
+            self._store.finish(job.id, run.attempt, JobStatus.FAILED, time.time(), error=outcome)
+            return 0.0, 0.0
+        run.flush(self._store)
+        begun = time.perf_counter()
+        pngs = [png_bytes(r.image, job.request, r.seed) for r in outcome]
+        encoded = time.perf_counter()
+        outputs = [
+            ImageResult(key=self._images.put(job.id, i, png), seed=r.seed, nsfw=r.nsfw)
+            for i, (png, r) in enumerate(zip(pngs, outcome, strict=True))
+        ]
+        stored = time.perf_counter()
+        metrics.images_generated(job.endpoint, len(outputs))
+        self._store.finish(job.id, run.attempt, JobStatus.COMPLETED, time.time(), outputs=outputs)
+        return encoded - begun, stored - encoded
+
+    @staticmethod
+    def _on_step(runs: list[Run], clock: _StepClock) -> Callable[[int, int], None]:
+        def on_step(done: int, total: int) -> None:
+            clock.tick(done)
+            for run in runs:
+                run.step(done, total)
+            if all(run.stopped for run in runs):  # nobody wants these images any more
                 raise JobStopped()
 
         return on_step
+
+
+_Outcome = list["GeneratedImage"] | str | None
+"""A run's images, its failure's message, or None: stopped."""
+
+
+def _failure(exc: Exception, job: Job) -> str:
+    if isinstance(exc, ValueError):
+        return str(exc)
+    log.error("job %s failed", job.id, exc_info=exc)
+    return f"generation failed: {type(exc).__name__}: {exc}"
+
+
+class _BatchTiming:
+    """Where one batch's time went, logged once its images are stored (the engine's metrics)."""
+
+    def __init__(self, size: int, started: float, clock: _StepClock, generated: float) -> None:
+        self.size = size
+        self.steps_per_s = clock.steps_per_s()
+        last_step = clock.last_step_at() or generated
+        self.denoise_s = last_step - started
+        self.decode_s = generated - last_step
+
+    def log(self, encode_s: float, store_s: float) -> None:
+        log.info(
+            "batch of %d: %.1f steps/s; ms spent: prompts+denoising %.0f, VAE decode+safety %.0f,"
+            " PNG encoding %.0f, storing %.0f",
+            self.size, self.steps_per_s, self.denoise_s * 1000, self.decode_s * 1000,
+            encode_s * 1000, store_s * 1000,
+        )  # fmt: skip
 
 
 class _StepClock:
@@ -164,6 +250,14 @@ class _StepClock:
         if self._first is None:
             self._first = mark
         self._last = mark
+
+    def steps_per_s(self) -> float:
+        if self._first is None or self._last is None or self._last[0] <= self._first[0]:
+            return 0.0
+        return (self._last[0] - self._first[0]) / (self._last[1] - self._first[1])
+
+    def last_step_at(self) -> float | None:
+        return None if self._last is None else self._last[1]
 
     def record(self, model: str) -> None:
         if self._first is not None and self._last is not None and self._last[0] > self._first[0]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from collections.abc import Callable
 
 from PIL import Image
 from sd_parsers import ParserManager
 from sd_parsers.data import PromptInfo
 
 from sdserve.canonical import GenerationRequest
+from sdserve.engine.generate import GeneratedImage
 from sdserve.jobs.models import Job
 from sdserve.jobs.sqlite_store import SqliteJobStore
 from sdserve.storage.local import LocalImageStore
@@ -29,10 +31,28 @@ def run_job(
     store.create(job)
     claimed = store.claim("worker-test", time.time())
     assert claimed is not None and claimed.id == job_id
-    JobRunner(store, images, generate).run(claimed)
+    runner = JobRunner(store, images, generate)
+    try:
+        runner.run(claimed)
+    finally:
+        runner.close()
     done = store.get(job_id)
     assert done is not None
     return done
+
+
+GenerateOne = Callable[[GenerationRequest, Callable[[int, int], None]], list[GeneratedImage]]
+
+
+def one_by_one(generate: GenerateOne) -> Generate:
+    """A runner's Generate from a stand-in engine that makes one request's images."""
+
+    def run(
+        requests: list[GenerationRequest], on_step: Callable[[int, int], None]
+    ) -> list[list[GeneratedImage]]:
+        return [generate(request, on_step) for request in requests]
+
+    return run
 
 
 def read_parameters(images: LocalImageStore, key: str) -> PromptInfo:

@@ -18,7 +18,7 @@ from sdserve.storage.local import LocalImageStore
 from sdserve.worker.runner import Generate, JobStopped, parameters_text
 from tests.engine.helpers import init_image, make_request, png
 
-from .helpers import read_parameters, run_job
+from .helpers import one_by_one, read_parameters, run_job
 
 
 def _fixed(*verdicts: bool) -> Generate:
@@ -31,7 +31,7 @@ def _fixed(*verdicts: bool) -> Generate:
             for i, nsfw in enumerate(verdicts)
         ]
 
-    return generate
+    return one_by_one(generate)
 
 
 def test_every_png_carries_parameters_that_sd_parsers_reads(
@@ -110,7 +110,7 @@ def test_a_stopped_job_stores_nothing(store: SqliteJobStore, images: LocalImageS
     def stopped(request: GenerationRequest, on_step: object) -> list[GeneratedImage]:
         raise JobStopped()
 
-    job = run_job(store, images, make_request(), stopped)
+    job = run_job(store, images, make_request(), one_by_one(stopped))
 
     assert job.outputs == []
     assert not (images.root / job.id).exists()
@@ -125,7 +125,7 @@ def test_generated_images_keep_their_pixels_in_the_png(
     def generate(request: GenerationRequest, on_step: object) -> list[GeneratedImage]:
         return [GeneratedImage(picture, request.seed, verdict)]
 
-    [output] = run_job(store, images, make_request(), generate).outputs
+    [output] = run_job(store, images, make_request(), one_by_one(generate)).outputs
 
     path = images.path(output.key)
     assert isinstance(path, Path)
