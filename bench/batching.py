@@ -1,0 +1,193 @@
+"""Dynamic batching on CPU: img/s of concurrent compatible requests by worker layout, and the
+serving overhead (runsync vs the raw diffusers call), all measured in this one run.
+
+Starts `sdserve serve` on loopback once per layout (workers x --max-batch, default threads:
+the cores shared between workers) with a tiny random SD model built for the run, and sends
+`--clients` concurrent clients, each posting `--requests` `/runsync` calls of the same size,
+steps and sampler (their prompts and seeds differ, so they may share pipeline calls). Prints
+img/s, p50/p99 latency, each layout's ratio to `--max-batch 1`, then the serving overhead:
+median `/runsync` latency of one request at a time over the same call made raw in-process.
+
+    python bench/batching.py [--clients 8] [--requests 6] [--steps 10] [--size 128]
+        [--layouts 1x1,1x4,1x8,2x1,2x4,default]
+
+A layout is WORKERSxMAX_BATCH, or `default` (what `sdserve serve` does when told nothing).
+Run it on an otherwise idle machine: torch slows down many-fold when another process takes
+one of its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.overhead import start_server  # noqa: E402
+
+PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow moon", "a black cat"]
+
+
+@dataclass
+class Result:
+    layout: str
+    images_per_s: float
+    p50_s: float
+    p99_s: float
+
+
+def body(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    return {
+        "input": {
+            "prompt": PROMPTS[seed % len(PROMPTS)], "width": args.size, "height": args.size,
+            "num_inference_steps": args.steps, "guidance_scale": 7.5, "seed": seed,
+            "scheduler": "K-LMS",
+        }
+    }  # fmt: skip
+
+
+def layout_options(layout: str) -> list[str]:
+    if layout == "default":
+        return []
+    workers, max_batch = layout.split("x")
+    return ["--workers", workers, "--max-batch", max_batch]
+
+
+def concurrent_round(client: httpx.Client, args: argparse.Namespace) -> tuple[float, list[float]]:
+    """Every client's requests, all at once: (wall seconds, each request's latency)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one_client(index: int) -> None:
+        for n in range(args.requests):
+            started = time.perf_counter()
+            answer = client.post("/v2/default/runsync", json=body(args, 1000 * index + n)).json()
+            assert answer["status"] == "COMPLETED", answer
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(args.clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies
+
+
+def measure(layout: str, args: argparse.Namespace, model: str, work: Path) -> Result:
+    port = args.port
+    server = start_server(work / layout, port, [model], False, options=layout_options(layout))
+    try:
+        limits = httpx.Limits(max_connections=args.clients + 2)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as c:
+            for seed in range(2):  # warm-up, outside the clock
+                c.post("/v2/default/runsync", json=body(args, seed)).raise_for_status()
+            wall, latencies = concurrent_round(c, args)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+    result = Result(layout, len(latencies) / wall, statistics.median(latencies), p99)
+    print(
+        f"{layout:>8}: {result.images_per_s:5.2f} img/s, p50 {result.p50_s:5.2f} s,"
+        f" p99 {result.p99_s:5.2f} s",
+        flush=True,
+    )
+    return result
+
+
+def overhead(args: argparse.Namespace, model: str, work: Path) -> None:
+    """Median /runsync latency over the raw call's, one request at a time, alternating."""
+    import torch
+    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
+
+    server = start_server(work / "overhead", args.port, [model], False)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+        pipe.set_progress_bar_config(disable=True)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600)
+        request = body(args, 42)
+
+        def raw() -> float:
+            started = time.perf_counter()
+            pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+            pipe(
+                request["input"]["prompt"], height=args.size, width=args.size,
+                num_inference_steps=args.steps, guidance_scale=7.5,
+                generator=torch.Generator("cpu").manual_seed(42),
+            )  # fmt: skip
+            return time.perf_counter() - started
+
+        def served() -> float:
+            started = time.perf_counter()
+            answer = client.post("/v2/default/runsync", json=request).json()
+            assert answer["status"] == "COMPLETED", answer
+            return time.perf_counter() - started
+
+        raw(), served()
+        raws, serveds = [], []
+        for _ in range(args.overhead_rounds):
+            time.sleep(0.5)  # let the other process's idle torch threads stop spinning
+            raws.append(raw())
+            time.sleep(0.5)
+            serveds.append(served())
+        raw_s, served_s = statistics.median(raws), statistics.median(serveds)
+        print(
+            f"serving overhead: runsync {served_s * 1000:.0f} ms / raw {raw_s * 1000:.0f} ms"
+            f" = x{served_s / raw_s:.3f} (median of {args.overhead_rounds}; goal <= 1.03)",
+            flush=True,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=6, help="per client")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--layouts", default="1x1,1x4,1x8,2x1,2x4,default")
+    parser.add_argument("--overhead-rounds", type=int, default=7)
+    parser.add_argument("--port", type=int, default=8766)
+    args = parser.parse_args()
+
+    from tests.models.random_model import build_random_pipeline
+
+    work = Path(tempfile.mkdtemp(prefix="sdserve-batching-"))
+    model = work / "tiny-random"
+    build_random_pipeline(model, seed=0)
+    print(
+        f"{os.cpu_count()} cores; {args.clients} clients x {args.requests} /runsync each;"
+        f" {args.size}x{args.size}, {args.steps} steps, K-LMS",
+        flush=True,
+    )
+    results = [measure(layout, args, str(model), work) for layout in args.layouts.split(",")]
+    by_layout = {r.layout: r for r in results}
+    for result in results:
+        workers = result.layout.split("x")[0]
+        alone = by_layout.get(f"{workers}x1")
+        if alone is not None and alone is not result:
+            ratio = result.images_per_s / alone.images_per_s
+            print(f"{result.layout} / {alone.layout}: x{ratio:.2f} img/s")
+    best = max(results, key=lambda r: r.images_per_s)
+    print(f"best: {best.layout} at {best.images_per_s:.2f} img/s")
+    if args.overhead_rounds:
+        overhead(args, str(model), work)
+
+
+if __name__ == "__main__":
+    main()
