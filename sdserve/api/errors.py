@@ -38,7 +38,8 @@ def _rule(error: dict[str, Any]) -> str:
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     value = error.get("input")
-    if isinstance(value, int | float | bool) or (isinstance(value, str) and len(value) < 60):
+    shown = isinstance(value, int | float | bool) or (isinstance(value, str) and len(value) < 60)
+    if shown and f"(got {value!r})" not in message:  # a validator may have said it already
         message += f" (got {value!r})"
     return message
 
