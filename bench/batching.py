@@ -33,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import start_server  # noqa: E402
+from bench.overhead import start_server
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow moon", "a black cat"]
 
