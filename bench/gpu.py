@@ -14,7 +14,7 @@ which would add that wait to every batch-1 latency. Nothing is downloaded: the p
 built from the real configs (bench/full_configs.py), with local tokenizers.
 
     python bench/gpu.py                            # for a GPU: must finish in < 8 min on an H100
-    python bench/gpu.py --device cpu --tiny        # smoke check: tiny models, 128x128, 2 steps
+    python bench/gpu.py --device cpu --tiny --no-compiled   # smoke: tiny models, 128x128, 2 steps
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from overhead import start_server
 
 from sdserve.families import FAMILIES, FamilyName
 
-FAMILIES_MEASURED: tuple[FamilyName, ...] = ("sd1", "sdxl")
 PASS_TFLOP: dict[FamilyName, tuple[int, float]] = {"sd1": (512, 0.68), "sdxl": (1024, 6.0)}
 """One UNet pass at its native size, in TFLOP (issue 11); other sizes scale with the pixels."""
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
@@ -78,6 +77,8 @@ class Plan:
     rounds: int
     concurrent: int
     port: int
+    compiled: bool
+    families: list[FamilyName]
     rows: list[Row] = field(default_factory=list)
     peak_tflops: float = 0.0
 
@@ -101,11 +102,11 @@ def main() -> None:
     progress(f"matmul peak: {plan.peak_tflops:.1f} TFLOP/s")
     with tempfile.TemporaryDirectory(prefix="sdserve-gpu-bench-") as scratch:
         root = Path(scratch)
-        for family in FAMILIES_MEASURED:
+        for family in plan.families:
             started = time.perf_counter()
             _build(root / family, family, plan)
             progress(f"{family}: built in {time.perf_counter() - started:.1f} s")
-        for family in FAMILIES_MEASURED:
+        for family in plan.families:
             _raw(plan, family, root / family)
             _free(plan.device)
         _served_one_at_a_time(plan, root)
@@ -126,11 +127,21 @@ def _parse_args() -> Plan:
     parser.add_argument(
         "--concurrent", type=int, help=f"default {FULL_CONCURRENT}; tiny {TINY_CONCURRENT}"
     )
+    parser.add_argument(
+        "--families",
+        type=_families,
+        default=list(PASS_TFLOP),
+        help="comma-separated, of sd1, sdxl (default both)",
+    )
     parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument(
+        "--no-compiled",
+        dest="compiled",
+        action="store_false",
+        help="skip the compiled model (on a CPU, compiling takes minutes per model)",
+    )
     args = parser.parse_args()
-    size = {
-        family: TINY_SIZE if args.tiny else FAMILIES[family].size for family in FAMILIES_MEASURED
-    }
+    size = {family: TINY_SIZE if args.tiny else FAMILIES[family].size for family in args.families}
     return Plan(
         device=args.device,
         tiny=args.tiny,
@@ -139,7 +150,16 @@ def _parse_args() -> Plan:
         rounds=args.rounds or (TINY_ROUNDS if args.tiny else FULL_ROUNDS),
         concurrent=args.concurrent or (TINY_CONCURRENT if args.tiny else FULL_CONCURRENT),
         port=args.port,
+        compiled=args.compiled,
+        families=args.families,
     )
+
+
+def _families(text: str) -> list[FamilyName]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in PASS_TFLOP for name in names):
+        raise argparse.ArgumentTypeError(f"families are sd1 and sdxl (got {text!r})")
+    return [family for family in PASS_TFLOP if family in names]
 
 
 def _matmul_peak(device: str) -> float:
@@ -227,9 +247,9 @@ def _rounds(plan: Plan, family: FamilyName, what: str, call: Callable[[], float]
     plan.rows.append(Row(family, what, latency, 1 / latency, _floor_tflop(plan, family)))
 
 
-def _models_file(root: Path, compiled: bool) -> Path:
+def _models_file(root: Path, families: list[FamilyName], compiled: bool) -> Path:
     lines = []
-    for family in FAMILIES_MEASURED:
+    for family in families:
         lines += [f"[models.{family}]", f'source = "{root / family}"', ""]
         if compiled:
             lines += [f"[models.{family}-compiled]", f'source = "{root / family}"',
@@ -258,7 +278,7 @@ def _runsync(client: httpx.Client, model: str, body: dict[str, Any]) -> float:
 def _server(plan: Plan, root: Path, name: str, models: Path, options: list[str]) -> Any:
     started = time.perf_counter()
     server = start_server(root / f"data-{name}", plan.port, [], nsfw_check=False,
-                          endpoint=FAMILIES_MEASURED[0],
+                          endpoint=plan.families[0],
                           options=["--models-file", str(models), "--device", plan.device,
                                    *options])  # fmt: skip
     progress(f"server ({name}) up in {time.perf_counter() - started:.1f} s")
@@ -266,19 +286,21 @@ def _server(plan: Plan, root: Path, name: str, models: Path, options: list[str])
 
 
 def _served_one_at_a_time(plan: Plan, root: Path) -> None:
-    server = _server(plan, root, "batch 1", _models_file(root, compiled=True), [])
+    server = _server(plan, root, "batch-1", _models_file(root, plan.families, plan.compiled), [])
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{plan.port}", timeout=None) as client:
-            for family in FAMILIES_MEASURED:
-                for model, what in ((family, "runsync eager"),
-                                    (f"{family}-compiled", "runsync compiled")):  # fmt: skip
+            for family in plan.families:
+                models: list[tuple[str, str]] = [(family, "runsync eager")]
+                if plan.compiled:
+                    models.append((f"{family}-compiled", "runsync compiled"))
+                for model, what in models:
                     body = _body(plan, family)
                     first = _runsync(client, model, body)
                     # The compiled model's first request loads and compiles it; the eager one's
                     # loads it. Untimed below.
                     work = "load, compile" if "compiled" in what else "load"
                     progress(f"{family}: {what}: first request ({work}) {first:.1f} s")
-                    _rounds(plan, family, what, lambda m=model, b=body: _runsync(client, m, b))
+                    _rounds(plan, family, what, functools.partial(_runsync, client, model, body))
                     plan.rows[-1].note = f"first request {first:.1f} s"
     finally:
         _stop(server)
@@ -288,17 +310,20 @@ def _served_concurrently(plan: Plan, root: Path) -> None:
     from sdserve.settings import Settings
 
     options = ["--max-batch", str(plan.concurrent), "--batch-wait-ms", str(BATCH_WAIT_MS)]
+    batching = "batched"
     if "max_batch" not in Settings.model_fields:
         progress("this sdserve has no --max-batch: concurrent requests run one at a time")
-        options = []
-    server = _server(plan, root, "dynamic batching", _models_file(root, compiled=False), options)
+        options, batching = [], "not batched"
+    server = _server(
+        plan, root, "batching", _models_file(root, plan.families, compiled=False), options
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{plan.port}", timeout=None) as client:
-            for family in FAMILIES_MEASURED:
+            for family in plan.families:
                 _runsync(client, family, _body(plan, family))  # loads the model
                 _burst(plan, client, family, 2)  # batch shapes warmed, untimed
                 latency, wall = _burst(plan, client, family, plan.concurrent)
-                what = f"{plan.concurrent} concurrent, batched, eager"
+                what = f"{plan.concurrent} concurrent, {batching}, eager"
                 progress(f"{family}: {what}: {wall:.2f} s for the burst, median latency"
                          f" {latency:.2f} s, {plan.concurrent / wall:.2f} img/s")  # fmt: skip
                 plan.rows.append(Row(family, what, latency, plan.concurrent / wall,
