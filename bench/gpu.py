@@ -307,23 +307,15 @@ def _served_one_at_a_time(plan: Plan, root: Path) -> None:
 
 
 def _served_concurrently(plan: Plan, root: Path) -> None:
-    from sdserve.settings import Settings
-
     options = ["--max-batch", str(plan.concurrent), "--batch-wait-ms", str(BATCH_WAIT_MS)]
-    batching = "batched"
-    if "max_batch" not in Settings.model_fields:
-        progress("this sdserve has no --max-batch: concurrent requests run one at a time")
-        options, batching = [], "not batched"
-    server = _server(
-        plan, root, "batching", _models_file(root, plan.families, compiled=False), options
-    )
+    server = _server(plan, root, "batching", _models_file(root, plan.families, False), options)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{plan.port}", timeout=None) as client:
             for family in plan.families:
                 _runsync(client, family, _body(plan, family))  # loads the model
                 _burst(plan, client, family, 2)  # batch shapes warmed, untimed
                 latency, wall = _burst(plan, client, family, plan.concurrent)
-                what = f"{plan.concurrent} concurrent, {batching}, eager"
+                what = f"{plan.concurrent} concurrent, batched, eager"
                 progress(f"{family}: {what}: {wall:.2f} s for the burst, median latency"
                          f" {latency:.2f} s, {plan.concurrent / wall:.2f} img/s")  # fmt: skip
                 plan.rows.append(Row(family, what, latency, plan.concurrent / wall,
