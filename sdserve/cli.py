@@ -86,6 +86,31 @@ BatchWait = Annotated[
     ),
 ]
 
+Compile = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile every model's denoiser and VAE decoder; the default model compiles"
+        " at worker start (env SDSERVE_COMPILE) [default: per model, `compile` in models.toml].",
+    ),
+]
+ChannelsLast = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last",
+        help="Channels-last weights for every model's UNet and VAE (env SDSERVE_CHANNELS_LAST)"
+        " [default: per model, `channels_last` in models.toml].",
+    ),
+]
+FuseQkv = Annotated[
+    bool | None,
+    typer.Option(
+        "--fuse-qkv/--no-fuse-qkv",
+        help="Fused QKV attention projections where a model offers them (env SDSERVE_FUSE_QKV)"
+        " [default: per model, `fuse_qkv` in models.toml].",
+    ),
+]
+
 
 @app.callback()
 def main() -> None:
@@ -148,6 +173,9 @@ def serve(
     public_url: Annotated[
         str | None, typer.Option(help="Base URL clients use, for image links.")
     ] = None,
+    compile: Compile = None,
+    channels_last: ChannelsLast = None,
+    fuse_qkv: FuseQkv = None,
 ) -> None:
     """Start the HTTP API and its worker processes."""
     from sdserve.detect import UnservedModel
@@ -174,6 +202,9 @@ def serve(
             "output_format": output_format,
             "result_ttl_s": result_ttl,
             "public_url": public_url,
+            "compile": compile,
+            "channels_last": channels_last,
+            "fuse_qkv": fuse_qkv,
         }
     )
     try:
@@ -206,6 +237,9 @@ def worker(
         str | None,
         typer.Option(help="Address the metrics port listens on [default: 127.0.0.1]."),
     ] = None,
+    compile: Compile = None,
+    channels_last: ChannelsLast = None,
+    fuse_qkv: FuseQkv = None,
 ) -> None:
     """Run one worker (one per GPU) that takes jobs from the database; it needs no open port
     (but may serve its metrics on one).
@@ -230,6 +264,9 @@ def worker(
             "batch_wait_ms": batch_wait_ms,
             "metrics_port": metrics_port,
             "host": host,
+            "compile": compile,
+            "channels_last": channels_last,
+            "fuse_qkv": fuse_qkv,
         }
     )
     if settings.metrics_port is not None:

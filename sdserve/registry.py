@@ -92,6 +92,15 @@ class ModelSpec(BaseModel):
     """diffusers' CPU offload on CUDA: `model` (whole components) or `sequential` (layers)."""
     vae_tiling: bool = False
     """Decode large images tile by tile, to bound the VAE's memory."""
+    compile: bool = False
+    """torch.compile the denoiser and the VAE decoder; compiled at worker start for the model's
+    default size (a worker that warms another model compiles this one on its first request)."""
+    channels_last: bool = False
+    """Keep the UNet's and the VAE's weights in channels-last memory format (faster convolutions
+    on recent NVIDIA GPUs)."""
+    fuse_qkv: bool = False
+    """Fuse each attention's query, key and value projections into one matrix product
+    (diffusers' `fuse_qkv_projections`), where the family's denoiser and VAE offer it."""
     price: float = Field(default=0.0, ge=0)
     """Cost reported per generated image (DeepInfra's `inference_status.cost`), default 0."""
     native_size: int | None = Field(default=None, ge=64, le=4096)

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
     """Milliseconds a worker waits for more jobs to fill a batch after taking the first
     (default 0: it batches only what is already queued, so no job waits for company)."""
+    compile: bool = False
+    """torch.compile every model's denoiser and VAE decoder (a model's `compile` in models.toml
+    turns it on for that model alone); the default model compiles at worker start."""
+    channels_last: bool = False
+    """Channels-last weights for every model's UNet and VAE (or per model in models.toml)."""
+    fuse_qkv: bool = False
+    """Fused QKV attention projections for every model that offers them (or per model)."""
     sweep_interval_s: float = Field(default=5.0, gt=0)
     """Seconds between sweeps for expired jobs and timed-out runs."""
     metrics_public: bool = False

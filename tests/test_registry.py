@@ -49,6 +49,20 @@ def test_file_and_flags(tmp_path: Path, tiny_model: Path) -> None:
     assert registry.resolve("anime") is not None
 
 
+def test_speed_options_are_read_per_model(tmp_path: Path, tiny_model: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f'[models.fast]\nsource = "{tiny_model}"\ncompile = true\nchannels_last = true\n'
+        f'fuse_qkv = true\n\n[models.plain]\nsource = "{tiny_model}"\n'
+    )
+    registry = load_registry(models, [])
+    fast, plain = registry.resolve("fast"), registry.resolve("plain")
+    assert fast is not None and (fast.compile, fast.channels_last, fast.fuse_qkv) == (True,) * 3
+    assert (
+        plain is not None and (plain.compile, plain.channels_last, plain.fuse_qkv) == (False,) * 3
+    )
+
+
 def test_bare_model_flag_is_the_default(tiny_model: Path) -> None:
     registry = load_registry(None, [str(tiny_model)])
     spec = registry.resolve("default")

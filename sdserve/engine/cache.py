@@ -10,6 +10,7 @@ import torch
 
 from sdserve.engine.memory import ModelTooLarge, device_memory, estimated_bytes
 from sdserve.engine.pipelines import PipelineSet, load_pipelines, model_dtype, resolve_device
+from sdserve.engine.speed import SpeedOptions, apply_speed_options
 from sdserve.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -19,11 +20,15 @@ GIB = 1024**3
 
 class PipelineCache:
     """Loaded models by name; the least recently used are unloaded when the next one would take
-    their weights past `budget_bytes` (default: all the memory the device has)."""
+    their weights past `budget_bytes` (default: all the memory the device has). Each model gets
+    `speed`'s options and those of its own spec."""
 
-    def __init__(self, device: str, budget_bytes: int | None = None) -> None:
+    def __init__(
+        self, device: str, budget_bytes: int | None = None, speed: SpeedOptions = SpeedOptions()
+    ) -> None:
         self._device = resolve_device(device)
         self._budget = budget_bytes or device_memory(self._device)
+        self._speed = speed
         self._loaded: OrderedDict[str, PipelineSet] = OrderedDict()
 
     def get(self, spec: ModelSpec) -> PipelineSet:
@@ -45,6 +50,7 @@ class PipelineCache:
         while self._loaded and self.used_bytes + need > self._budget:
             self._evict_oldest()
         pipes = load_pipelines(spec, self._device)
+        apply_speed_options(pipes, self._speed)
         self._loaded[spec.name] = pipes
         # A hub model's size is only known once loaded: keep the others only while they fit.
         while len(self._loaded) > 1 and self.used_bytes > self._budget:

@@ -42,6 +42,9 @@ class LoraAdapters:
     def __init__(self) -> None:
         self._loaded: OrderedDict[Path, _Loaded] = OrderedDict()
         self._count = 0
+        self.fused_denoiser: Any = None
+        """The denoiser, when its QKV projections are fused (engine/speed.py): adapters act on
+        the separate projections, so it runs unfused while a LoRA applies."""
 
     @contextmanager
     def applied(self, pipe: Any, path: Path | None, scale: float) -> Iterator[None]:
@@ -49,13 +52,20 @@ class LoraAdapters:
         if path is None:
             yield
             return
-        adapter = self._adapter(pipe, path)
+        fused = self.fused_denoiser
+        if fused is not None:
+            fused.unfuse_qkv_projections()
         try:
-            pipe.enable_lora()
-            pipe.set_adapters([adapter], adapter_weights=[scale])
-            yield
+            adapter = self._adapter(pipe, path)
+            try:
+                pipe.enable_lora()
+                pipe.set_adapters([adapter], adapter_weights=[scale])
+                yield
+            finally:
+                pipe.disable_lora()
         finally:
-            pipe.disable_lora()
+            if fused is not None:
+                fused.fuse_qkv_projections()
 
     @property
     def loaded(self) -> list[Path]:

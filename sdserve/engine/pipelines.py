@@ -75,6 +75,8 @@ class PipelineSet:
     """Prepares images for `safety_checker`."""
     loras: LoraAdapters = field(default_factory=LoraAdapters)
     """The LoRAs loaded into this model so far, switched on per request."""
+    compiled: bool = False
+    """Whether torch.compile wraps its denoiser and VAE decoder (engine/speed.py)."""
 
     @property
     def family(self) -> Family:

@@ -66,8 +66,10 @@ def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
             "serving the built-in demo model: it draws one shape on a background (see the"
             " README's prompts); configure --model for real Stable Diffusion weights"
         )
+    from sdserve.engine.speed import warm_up
+
     try:
-        cache.get(spec)
+        warm_up(cache.get(spec))  # compiles now, if the model is compiled
     except Exception:
         log.exception("could not load the default model %s; its jobs will fail", spec.name)
 
@@ -154,6 +156,7 @@ def worker_main(
     # Imported here so that the API process, which imports this module, never loads torch.
     from sdserve.engine.cache import GIB, PipelineCache
     from sdserve.engine.pipelines import resolve_device
+    from sdserve.engine.speed import SpeedOptions
 
     registry = load_registry(settings.models_file, settings.model)
     models = served_models(settings, registry)
@@ -162,7 +165,8 @@ def worker_main(
     if device == "cpu":
         _share_cpu_cores(settings.workers if parent_pid is not None else 1, settings.cpu_threads)
     budget = settings.model_memory_gb
-    cache = PipelineCache(device, int(budget * GIB) if budget else None)
+    speed = SpeedOptions(settings.compile, settings.channels_last, settings.fuse_qkv)
+    cache = PipelineCache(device, int(budget * GIB) if budget else None, speed)
 
     # Warm the default model when this worker serves it, else the first model it serves.
     _prepare_default(
