@@ -146,10 +146,7 @@ def serve(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(
-            help="Worker processes to start; 0 for an API-only node [default: 2 on a CPU"
-            " with 2+ cores, splitting them; 1 on a GPU; env SDSERVE_WORKERS].",
-        ),
+        typer.Option(help="Worker processes to start; 0 for an API-only node [default: 1]."),
     ] = None,
     api_workers: Annotated[
         int | None,

@@ -128,7 +128,7 @@ class ApiReplicas:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         link = ReplicaLink(
             wake=self._wake,
-            wake_cap=max(self._settings.worker_count(), 1),
+            wake_cap=max(self._settings.workers, 1),
             events=theirs,
             primary_pid=os.getpid(),
         )

@@ -84,9 +84,7 @@ def create_app(
     supervisor: WorkerSupervisor | None = None
     wake_workers: Callable[[], None]
     if replica is None:
-        supervisor = WorkerSupervisor(
-            settings, store, settings.worker_count(), on_job_event=job_event
-        )
+        supervisor = WorkerSupervisor(settings, store, settings.workers, on_job_event=job_event)
         wake_workers = supervisor.wake
     else:
         wake_workers = replica.wake_workers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,11 +13,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 OutputFormat = Literal["url", "base64"]
 
 
-DEFAULT_CPU_WORKERS = 2
-"""Workers `serve` starts on a CPU of 2+ cores when told nothing: on tiny and small models one
-torch thread per process uses a core better than two threads in one (bench/batching.py)."""
-NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
-"""Where a loaded NVIDIA driver lists the machine's GPUs, one folder each."""
 DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 8}
 """Jobs per pipeline call when `max_batch` is not set, by kind of device (bench/batching.py)."""
 
@@ -48,8 +42,8 @@ class Settings(BaseSettings):
     """`SOURCE` (the default model) or `NAME=SOURCE`; repeatable, comma-separated in env."""
     api_keys: Annotated[list[str], NoDecode] = []
     """Accepted API keys (SDSERVE_API_KEYS is comma-separated); none = open, loopback only."""
-    workers: int | None = Field(default=None, ge=0, le=64)
-    """Worker processes started by `serve` (default: `worker_count`'s choice)."""
+    workers: int = Field(default=1, ge=0, le=64)
+    """Worker processes started by `serve`, one per device."""
     device: str = "auto"
     """Device the workers run on: auto, cpu, cuda or cuda:N."""
     model_memory_gb: float | None = Field(default=None, gt=0)
@@ -188,20 +182,6 @@ class Settings(BaseSettings):
         if not value.startswith(("memory://", "redis://", "rediss://")):
             raise ValueError("rate_limit_storage must be memory:// or a redis:// URL")
         return value
-
-    def worker_count(self) -> int:
-        """`workers`, or the default measured best (bench/batching.py): on a CPU with two or
-        more cores, two workers splitting them; on a GPU, one."""
-        if self.workers is not None:
-            return self.workers
-        return DEFAULT_CPU_WORKERS if self.runs_on_cpu() and (os.cpu_count() or 1) >= 2 else 1
-
-    def runs_on_cpu(self) -> bool:
-        """Whether the workers will run on the CPU, told without loading torch (which the API
-        process never imports): asked for, or `auto` where the NVIDIA driver lists no GPU."""
-        if self.device == "cpu":
-            return True
-        return self.device == "auto" and not any(Path(NVIDIA_GPUS).glob("*"))
 
     def max_batch_for(self, device: str) -> int:
         """`max_batch`, or the default measured best on this kind of device (bench/README)."""

@@ -52,11 +52,6 @@ LOOPBACK_URLS = {"SDSERVE_ALLOW_URL_NETWORKS": "127.0.0.0/8,::1"}
 (a test of the SSRF guard overrides it with an empty value)."""
 
 
-ONE_WORKER = {"SDSERVE_WORKERS": "1"}
-"""Servers under test run one worker (a CPU's default is two), so that tests can hold it busy,
-kill it and count its batches."""
-
-
 @dataclass
 class ServerProcess:
     """A `sdserve serve` subprocess; restartable on the same port and data directory."""
@@ -76,7 +71,7 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}-{time.time():.0f}.log"
-        env = {**os.environ, **LOOPBACK_URLS, **ONE_WORKER, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **LOOPBACK_URLS, **self.env, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "sdserve", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         log = self.log_path.open("wb")

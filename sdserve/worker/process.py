@@ -163,9 +163,7 @@ def worker_main(
     store = open_job_store(settings, models)
     device = resolve_device(settings.device)
     if device == "cpu":
-        _share_cpu_cores(
-            settings.worker_count() if parent_pid is not None else 1, settings.cpu_threads
-        )
+        _share_cpu_cores(settings.workers if parent_pid is not None else 1, settings.cpu_threads)
     budget = settings.model_memory_gb
     speed = SpeedOptions(settings.compile, settings.channels_last, settings.fuse_qkv)
     cache = PipelineCache(device, int(budget * GIB) if budget else None, speed)

@@ -24,19 +24,9 @@ from tests.helpers import (
 )
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
-ALIKE: dict[str, Any] = {
-    "width": 128,
-    "height": 128,
-    "num_inference_steps": 6,
-    "scheduler": "EULER-A",
-}
+ALIKE: dict[str, Any] = {"width": 128, "height": 128, "num_inference_steps": 6, "scheduler": "EULER-A"}
 """What the batched jobs share (their prompts and seeds differ)."""
-BLOCKER: dict[str, Any] = {
-    "prompt": "hold the worker",
-    "width": 128,
-    "height": 128,
-    "num_inference_steps": 60,
-}
+BLOCKER: dict[str, Any] = {"prompt": "hold the worker", "width": 128, "height": 128, "num_inference_steps": 60}
 """A job that keeps the only worker busy while the next ones queue up."""
 
 
