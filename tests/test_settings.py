@@ -1,0 +1,13 @@
+"""Defaults chosen by measurement (bench/batching.py): the batch size per kind of device."""
+
+from __future__ import annotations
+
+from sdserve.settings import DEFAULT_MAX_BATCH, Settings
+
+
+def test_batches_of_four_on_a_cpu_and_eight_on_a_gpu_unless_told_otherwise() -> None:
+    assert Settings().max_batch_for("cpu") == DEFAULT_MAX_BATCH["cpu"] == 4
+    assert Settings().max_batch_for("cuda:1") == DEFAULT_MAX_BATCH["gpu"] == 8
+    assert Settings(max_batch=1).max_batch_for("cpu") == 1  # each job alone
+    assert Settings(max_batch=16).max_batch_for("cuda") == 16
+    assert Settings().batch_wait_ms == 0  # a lone request never waits for company
