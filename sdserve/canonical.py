@@ -77,14 +77,17 @@ class GenerationRequest(BaseModel):
         return (self.seed + index) % (MAX_SEED + 1)
 
     def batch_key(self) -> str | None:
-        """What a request must share with others to run in one pipeline call with them (its
-        prompts, negative prompts, seeds and image count may differ), or None: never batched
-        with other requests. Only plain text-to-image batches across requests."""
+        """What a request must share with others to run in one pipeline call with them (their
+        prompts, negative prompts and seeds may differ), or None: never batched with other
+        requests. Only plain text-to-image batches across requests. The image count is shared
+        too, so that a batch's images are known when its jobs are claimed: a worker never
+        takes more images into one call than its `max_batch`."""
         if self.init_image is not None or self.mask is not None or self.use_compel:
             return None
         shared = (
             self.model, self.width, self.height, self.num_inference_steps, self.scheduler,
             self.guidance_scale, self.lora, self.lora_scale if self.lora else None,
+            self.num_outputs,
         )  # fmt: skip
         return json.dumps(shared)
 

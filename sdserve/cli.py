@@ -72,9 +72,9 @@ Threads = Annotated[
 MaxBatch = Annotated[
     int | None,
     typer.Option(
-        help="Queued jobs a worker runs in one pipeline call when they share model, size,"
-        " steps, sampler, guidance and LoRA; 1 runs each alone [default: 4 on a CPU, 8 on a"
-        " GPU; env SDSERVE_MAX_BATCH].",
+        help="Images a worker makes in one pipeline call from queued jobs that share model,"
+        " size, steps, sampler, guidance, LoRA and image count; 1 runs each job alone"
+        " [default: 4 on a CPU, 8 on a GPU; env SDSERVE_MAX_BATCH].",
     ),
 ]
 BatchWait = Annotated[

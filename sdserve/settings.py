@@ -14,7 +14,7 @@ OutputFormat = Literal["url", "base64"]
 
 
 DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 8}
-"""Jobs per pipeline call when `max_batch` is not set, by kind of device (bench/batching.py)."""
+"""Images per pipeline call when `max_batch` is not set, by kind of device (bench/batching.py)."""
 
 
 class Settings(BaseSettings):
@@ -113,9 +113,9 @@ class Settings(BaseSettings):
     within a level of 255; inpainting always one call per image); off, one call per image,
     bit-exact."""
     max_batch: int | None = Field(default=None, ge=1, le=64)
-    """Queued jobs a worker runs in one pipeline call when they share model, size, steps,
-    sampler, guidance and LoRA (plain text-to-image); 1 runs each job alone (default: chosen
-    per device by measurement, see `max_batch_for`)."""
+    """Images a worker makes in one pipeline call from queued jobs that share model, size,
+    steps, sampler, guidance, LoRA and image count (plain text-to-image); 1 runs each job
+    alone (default: chosen per device by measurement, see `max_batch_for`)."""
     batch_wait_ms: float = Field(default=0.0, ge=0, le=10_000)
     """Milliseconds a worker waits for more jobs to fill a batch after taking the first
     (default 0: it batches only what is already queued, so no job waits for company)."""

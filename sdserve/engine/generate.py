@@ -110,8 +110,8 @@ def generate_batch(
     on_step: OnStep,
     options: EngineOptions = EngineOptions(),
 ) -> list[list[GeneratedImage]]:
-    """The images of several requests that share one `batch_key` (each with its own prompts,
-    seeds and image count), made in one pipeline call; each request's images in order.
+    """The images of several requests that share one `batch_key` (each with its own prompts
+    and seeds), made in one pipeline call; each request's images in order.
     `on_step` counts the call's steps. Where one call cannot take them all (prompts weighted
     by compel, a pipeline without batches), the requests run one after another."""
     if len(requests) == 1:

@@ -114,26 +114,26 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
 
 
 class _Batcher:
-    """Gathers queued jobs that can share the first one's pipeline call: up to `max_batch`,
-    waiting at most `batch_wait_ms` for more to arrive."""
+    """Gathers queued jobs that can share the first one's pipeline call, up to `max_batch`
+    images in all (jobs that share a call have as many images each), waiting at most
+    `batch_wait_ms` for more to arrive."""
 
     def __init__(self, store: JobStore, worker_id: str, max_batch: int, wait_ms: float) -> None:
         self._store = store
         self._worker_id = worker_id
-        self._max = max_batch
+        self._max_images = max_batch
         self._wait_s = wait_ms / 1000
 
     def gather(self, first: Job) -> list[Job]:
         batch = [first]
-        if self._max <= 1 or first.request.batch_key() is None:
+        jobs = self._max_images // first.request.num_outputs
+        if jobs <= 1 or first.request.batch_key() is None:
             return batch
         deadline = time.monotonic() + self._wait_s
         while True:
-            batch += self._store.claim_batch(
-                self._worker_id, time.time(), first, self._max - len(batch)
-            )
+            batch += self._store.claim_batch(self._worker_id, time.time(), first, jobs - len(batch))
             left = deadline - time.monotonic()
-            if len(batch) >= self._max or left <= 0:
+            if len(batch) >= jobs or left <= 0:
                 return batch
             time.sleep(min(left, _BATCH_POLL_S))
 

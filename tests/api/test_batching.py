@@ -24,9 +24,19 @@ from tests.helpers import (
 )
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
-ALIKE: dict[str, Any] = {"width": 128, "height": 128, "num_inference_steps": 6, "scheduler": "EULER-A"}
+ALIKE: dict[str, Any] = {
+    "width": 128,
+    "height": 128,
+    "num_inference_steps": 6,
+    "scheduler": "EULER-A",
+}
 """What the batched jobs share (their prompts and seeds differ)."""
-BLOCKER: dict[str, Any] = {"prompt": "hold the worker", "width": 128, "height": 128, "num_inference_steps": 60}
+BLOCKER: dict[str, Any] = {
+    "prompt": "hold the worker",
+    "width": 128,
+    "height": 128,
+    "num_inference_steps": 60,
+}
 """A job that keeps the only worker busy while the next ones queue up."""
 
 
@@ -88,25 +98,27 @@ def test_jobs_that_share_a_call_run_in_one_and_each_keeps_its_seed(
     alike = [
         submit(client, prompt="a red circle", seed=10, **ALIKE),
         submit(client, prompt="a blue square", negative_prompt="green", seed=20, **ALIKE),
-        submit(client, prompt="a yellow star", seed=30, num_outputs=2, **ALIKE),
+        submit(client, prompt="a yellow star", seed=30, **ALIKE),
     ]
+    # another size, and as many images as the first three together: each runs alone
     other = submit(client, prompt="a red circle", seed=10, **(ALIKE | {"width": 192}))
+    more = submit(client, prompt="a red circle", seed=40, num_outputs=3, **ALIKE)
 
-    bodies = [finished(client, job_id) for job_id in [blocker, *alike, other]]
+    bodies = [finished(client, job_id) for job_id in [blocker, *alike, other, more]]
 
-    assert [b["status"] for b in bodies] == ["COMPLETED"] * 5
-    # the blocker alone, the three alike together, the other size alone
-    assert batches_since(server, before, 3) == [1, 3, 1]
-    assert [len(b["output"]) for b in bodies] == [1, 1, 1, 2, 1]
-    assert [o["seed"] for o in bodies[3]["output"]] == [30, 31]
+    assert [b["status"] for b in bodies] == ["COMPLETED"] * 6
+    # the blocker alone, the three alike together, the other size alone, the three images
+    assert batches_since(server, before, 4) == [1, 3, 1, 1]
+    assert [len(b["output"]) for b in bodies] == [1, 1, 1, 1, 1, 3]
+    assert [[o["seed"] for o in b["output"]] for b in bodies[1:4]] == [[10], [20], [30]]
     # Each batched image is its seed's own image: what the same request made alone makes.
     alone = client.post(
         "/v2/default/runsync",
-        json={"input": {"prompt": "a yellow star", "seed": 31, **ALIKE}},
+        json={"input": {"prompt": "a yellow star", "seed": 30, **ALIKE}},
     ).json()
     assert alone["status"] == "COMPLETED", alone
     assert_batched_matches_alone(
-        image_from_output(client, bodies[3]["output"][1]["image"]),
+        image_from_output(client, bodies[3]["output"][0]["image"]),
         image_from_output(client, alone["output"][0]["image"]),
     )
     # The 192-wide request alone drew the same seed and prompt as the first, at its own size.

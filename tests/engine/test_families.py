@@ -94,16 +94,16 @@ def test_each_image_of_a_request_reproduces_alone(pipes: PipelineSet) -> None:
 
 def test_requests_batched_together_each_reproduce_alone(pipes: PipelineSet) -> None:
     # Dynamic batching: requests that share a batch_key run in one call, each with its own
-    # prompts, seeds and image count.
+    # prompts and seeds.
     requests = [
-        _request(pipes, prompt="a lighthouse at dusk", seed=3),
+        _request(pipes, prompt="a lighthouse at dusk", seed=3, num_outputs=2),
         _request(pipes, prompt="a cat", negative_prompt="blurry", seed=50, num_outputs=2),
     ]
     steps: list[tuple[int, int]] = []
 
     batch = generate_batch(pipes, requests, lambda d, t: steps.append((d, t)), EngineOptions())
 
-    assert [[r.seed for r in images] for images in batch] == [[3], [50, 51]]
+    assert [[r.seed for r in images] for images in batch] == [[3, 4], [50, 51]]
     assert steps[-1][0] == steps[-1][1] == len(steps)  # one call: one request's steps
     for request, images in zip(requests, batch, strict=True):
         for index, result in enumerate(images):

@@ -100,8 +100,9 @@ def test_a_batch_takes_only_queued_jobs_that_share_the_call(store: JobStore) -> 
     store.create(_like("steps", num_inference_steps=3))
     store.create(_like("img2img", init_image=b"png"))
     store.create(_like("other", model="other"))
+    store.create(_like("two images", num_outputs=2))  # a batch's jobs have as many images
     for job_id in ("alike1", "cancelled", "alike2", "alike3"):
-        store.create(_like(job_id, prompt=f"{job_id} prompt", seed=9, num_outputs=2))
+        store.create(_like(job_id, prompt=f"{job_id} prompt", seed=9))
     store.cancel("cancelled", time.time())
     first = store.claim("w", time.time())
     assert first is not None and first.id == "first"
@@ -118,12 +119,11 @@ def test_a_batch_takes_only_queued_jobs_that_share_the_call(store: JobStore) -> 
     # What is left is claimed one by one in the usual order; a low-priority first job takes
     # companions of any priority.
     rest = [store.claim("w", time.time()) for _ in range(4)]
-    assert [j.id if j else None for j in rest] == ["steps", "img2img", "other", "low"]
+    assert [j.id if j else None for j in rest] == ["steps", "img2img", "other", "two images"]
+    low = store.claim("w", time.time())
+    assert low is not None and low.id == "low"
     store.create(_like("later"))
-    low = rest[-1]
-    assert low is not None and [j.id for j in store.claim_batch("w", time.time(), low, 8)] == [
-        "later"
-    ]
+    assert [j.id for j in store.claim_batch("w", time.time(), low, 8)] == ["later"]
     for job in [first, *batch]:
         assert store.finish(job.id, 1, JobStatus.COMPLETED, time.time())
 
