@@ -138,7 +138,9 @@ def test_a_key_outlives_restarts_and_says_when_its_job_expired(
     client: httpx.Client, server: ServerProcess
 ) -> None:
     key = fresh()
-    body = {"input": {"prompt": "a red circle", **SMALL}, "policy": {"ttl": 1000}}
+    # ttl: long enough that the job, re-run once the server is back, is still kept when the
+    # key is sent again; short enough to see it expire.
+    body = {"input": {"prompt": "a red circle", **SMALL}, "policy": {"ttl": 5000}}
     job_id = client.post("/v2/default/run", json=body, headers=key).json()["id"]
     server.kill()
     server.start()
