@@ -2,7 +2,8 @@
 
 Issue 11's CPU goal: sdserve at its DEFAULT settings ahead of LitServe's best on img/s. Both
 serve the same tiny random SD model (built for the run) with the same diffusers call (128x128,
-10 steps, K-LMS, guidance 7.5, a generator per image, no safety checker); `--clients`
+10 steps, K-LMS, guidance 7.5, a generator per image, no safety checker; LitServe's side is
+bench/litserve_app.py); `--clients`
 concurrent clients each send `--requests` requests (prompts and seeds differ). LitServe runs
 in the layouts its docs suggest for throughput: one worker batching 4 requests per call, two
 one-thread workers, and two one-thread workers batching 4.
@@ -17,8 +18,8 @@ sees this one's packages, and name its python:
 from __future__ import annotations
 
 import argparse
-import base64
-import io
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,49 +37,6 @@ from bench.overhead import start_server
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow moon", "a black cat"]
 SIZE, STEPS = 128, 10
 LAYOUTS = {"1 worker, batch 4": (1, 4), "2 workers, 1 thread": (2, 1), "2 workers, batch 4": (2, 4)}
-
-
-def serve_litserve(model: str, port: int, workers: int, max_batch: int) -> None:
-    """Run LitServe (in LitServe's own environment) around the same diffusers call."""
-    import litserve as ls
-    import torch
-    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
-
-    class Diffusion(ls.LitAPI):  # type: ignore[misc]
-        def setup(self, device: str) -> None:
-            if workers > 1:
-                torch.set_num_threads(1)
-            self.pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
-            self.pipe.set_progress_bar_config(disable=True)
-
-        def decode_request(self, request: dict[str, Any]) -> tuple[str, int]:
-            return request["prompt"], int(request["seed"])
-
-        def batch(self, inputs: list[tuple[str, int]]) -> list[tuple[str, int]]:
-            return inputs
-
-        def predict(self, inputs: Any) -> Any:
-            many = isinstance(inputs, list)
-            items = inputs if many else [inputs]
-            self.pipe.scheduler = LMSDiscreteScheduler.from_config(self.pipe.scheduler.config)
-            images = self.pipe(
-                [p for p, _ in items], height=SIZE, width=SIZE, num_inference_steps=STEPS,
-                guidance_scale=7.5,
-                generator=[torch.Generator("cpu").manual_seed(s) for _, s in items],
-            ).images  # fmt: skip
-            return images if many else images[0]
-
-        def unbatch(self, output: list[Any]) -> list[Any]:
-            return output
-
-        def encode_response(self, image: Any) -> dict[str, str]:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return {"image": base64.b64encode(buffer.getvalue()).decode()}
-
-    batching = {"max_batch_size": max_batch, "batch_timeout": 0.01} if max_batch > 1 else {}
-    server = ls.LitServer(Diffusion(), accelerator="cpu", workers_per_device=workers, **batching)
-    server.run(port=port, generate_client_file=False, log_level="warning")
 
 
 def load(url: str, payload: Any, args: argparse.Namespace) -> float:
@@ -121,9 +79,13 @@ def sdserve_body(seed: int) -> dict[str, Any]:
 def measure_litserve(python: str, model: str, port: int, layout: tuple[int, int],
                      args: argparse.Namespace) -> float:  # fmt: skip
     workers, max_batch = layout
-    command = [python, __file__, "--serve-litserve", model, "--port", str(port)]
+    app = Path(__file__).with_name("litserve_app.py")
+    command = [python, str(app), model, "--port", str(port)]
     command += ["--workers", str(workers), "--max-batch", str(max_batch)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A session of its own: LitServe's API and inference processes all go with it.
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180
@@ -140,12 +102,15 @@ def measure_litserve(python: str, model: str, port: int, layout: tuple[int, int]
             httpx.post(f"{url}/predict", json=litserve_body(seed), timeout=600).raise_for_status()
         return load(f"{url}/predict", litserve_body, args)
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+        time.sleep(2)  # its inference processes exit after their parent
 
 
-def measure_sdserve(model: str, port: int, work: Path, args: argparse.Namespace) -> float:
-    server = start_server(work / "sdserve", port, [model], False)
+def measure_sdserve(
+    model: str, port: int, work: Path, args: argparse.Namespace, options: list[str]
+) -> float:
+    server = start_server(work / f"sdserve{len(options)}", port, [model], False, options=options)
     try:
         url = f"http://127.0.0.1:{port}/v2/default/runsync"
         for seed in range(2):
@@ -162,13 +127,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=6, help="per client")
     parser.add_argument("--port", type=int, default=8767)
-    parser.add_argument("--serve-litserve", metavar="MODEL", help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--max-batch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_litserve:
-        serve_litserve(args.serve_litserve, args.port, args.workers, args.max_batch)
-        return
     if not args.litserve_python:
         parser.error("--litserve-python is needed (see the docstring)")
 
@@ -179,15 +138,18 @@ def main() -> None:
     build_random_pipeline(Path(model), seed=0)
     print(f"{args.clients} clients x {args.requests} requests; {SIZE}x{SIZE}, {STEPS} steps, K-LMS")
     results: dict[str, float] = {}
-    for name, layout in LAYOUTS.items():
+    for offset, (name, layout) in enumerate(LAYOUTS.items()):
         results[f"LitServe, {name}"] = measure_litserve(
-            args.litserve_python, model, args.port, layout, args
+            args.litserve_python, model, args.port + 1 + offset, layout, args
         )
         print(f"LitServe, {name}: {results[f'LitServe, {name}']:.2f} img/s", flush=True)
-    ours = measure_sdserve(model, args.port, work, args)
-    print(f"sdserve, defaults: {ours:.2f} img/s", flush=True)
+    ours = measure_sdserve(model, args.port, work, args, [])
+    print(f"sdserve, defaults (1 worker, batch 4): {ours:.2f} img/s", flush=True)
+    two = measure_sdserve(model, args.port, work, args, ["--workers", "2"])
+    print(f"sdserve, 2 workers, batch 4: {two:.2f} img/s", flush=True)
     best = max((v, k) for k, v in results.items())
     print(f"sdserve defaults / LitServe's best ({best[1]}): x{ours / best[0]:.2f}")
+    print(f"sdserve's best / LitServe's best: x{max(ours, two) / best[0]:.2f}")
 
 
 if __name__ == "__main__":
