@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from sdserve.canonical import GenerationRequest, ImageResult
 
+TIMED_OUT_ERROR = "execution timeout exceeded"
+"""The error of a run ended past its execution timeout, by its worker or by the sweeper."""
+
 
 class JobStatus(StrEnum):
     IN_QUEUE = "IN_QUEUE"

@@ -192,10 +192,9 @@ class PostgresJobStore(SqlJobStore):
             if ours is not None:
                 self._deliveries.close_delivery(delivery.id, JobStatus.CANCELLED)
 
-    def claim_batch(self, worker_id: str, now: float, first: Job, limit: int) -> list[Job]:
-        alike = self._batchable(first)
-        if alike is None or limit < 1:
-            return []
+    def _claim_alike(
+        self, alike: sa.ColumnElement[bool], worker_id: str, now: float, limit: int
+    ) -> list[Job]:
         fetcher = self._fetcher(worker_id)
         # procrastinate fetches only the next delivery of a queue; these are chosen by what
         # their jobs share, so they are taken here the way its fetch_job takes one: todo ->

@@ -9,6 +9,7 @@ commits).
 from __future__ import annotations
 
 import secrets
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,7 @@ from sdserve import metrics
 from sdserve.canonical import ImageResult
 from sdserve.jobs import outbox
 from sdserve.jobs.losses import RunLoss, giving_up_message
-from sdserve.jobs.models import Job, JobCounts, JobStatus, ProgressEvent
+from sdserve.jobs.models import TIMED_OUT_ERROR, Job, JobCounts, JobStatus, ProgressEvent
 from sdserve.jobs.schema import idempotency as idempotency_keys
 from sdserve.jobs.schema import jobs, workers
 from sdserve.jobs.store import (
@@ -274,17 +275,23 @@ class SqlJobStore(JobStore):
             )
         return started
 
-    def _batchable(self, first: Job) -> sa.ColumnElement[bool] | None:
-        """Queued jobs that may share `first`'s pipeline call (None: none may)."""
+    def claim_batch(self, worker_id: str, now: float, first: Job, limit: int) -> list[Job]:
         key = first.request.batch_key()
-        if key is None:
-            return None
+        if key is None or limit < 1:
+            return []
         alike = sa.and_(
             movable(Op.CLAIM), jobs.c.endpoint == first.endpoint, jobs.c.batch_key == key
         )
         if not first.policy.low_priority:
             alike = sa.and_(alike, jobs.c.low_priority == sa.false())
-        return alike
+        return self._claim_alike(alike, worker_id, now, limit)
+
+    @abstractmethod
+    def _claim_alike(
+        self, alike: sa.ColumnElement[bool], worker_id: str, now: float, limit: int
+    ) -> list[Job]:
+        """Start up to `limit` of the queued jobs `alike` selects, oldest first (the backend's
+        side of `claim_batch`)."""
 
     def heartbeat(self, worker_id: str, job_id: str | None, now: float) -> None:
         with self._tx() as db:
@@ -478,7 +485,7 @@ class SqlJobStore(JobStore):
                     jobs.c.timeout_s.is_not(None),
                     jobs.c.started_at + jobs.c.timeout_s < now,
                 )
-                .values(**_ended(transition.target, now), error="execution timeout exceeded")
+                .values(**_ended(transition.target, now), error=TIMED_OUT_ERROR)
                 .returning(jobs.c.id, jobs.c.webhook, jobs.c.endpoint, jobs.c.started_at)
             ).all()
             for row in rows:

@@ -61,10 +61,9 @@ class SqliteJobStore(SqlJobStore):
             started = self._start(db, jobs.c.id == first.scalar_subquery(), worker_id, now)
         return started[0] if started else None
 
-    def claim_batch(self, worker_id: str, now: float, first: Job, limit: int) -> list[Job]:
-        alike = self._batchable(first)
-        if alike is None or limit < 1:
-            return []
+    def _claim_alike(
+        self, alike: sa.ColumnElement[bool], worker_id: str, now: float, limit: int
+    ) -> list[Job]:
         oldest = sa.select(jobs.c.id).where(alike).order_by(jobs.c.created_at).limit(limit)
         with self._tx() as db:
             return self._start(db, jobs.c.id.in_(oldest.scalar_subquery()), worker_id, now)

@@ -11,14 +11,13 @@ import logging
 import threading
 import time
 
-from sdserve.jobs.models import Job, JobStatus
+from sdserve.jobs.models import TIMED_OUT_ERROR, Job, JobStatus
 from sdserve.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 WATCH_EVERY_S = 0.1
 """How often the store is asked and progress written; a cancel takes effect within it."""
-TIMEOUT_MESSAGE = "execution timeout exceeded"
 
 
 class Run:
@@ -46,7 +45,7 @@ class Run:
         if self.stopped:
             return
         if self.deadline is not None and now > self.deadline:
-            store.finish(self.job.id, self.attempt, JobStatus.TIMED_OUT, now, error=TIMEOUT_MESSAGE)
+            store.finish(self.job.id, self.attempt, JobStatus.TIMED_OUT, now, error=TIMED_OUT_ERROR)
             self.stopped = True
             return
         done, total = self.done, self.total
