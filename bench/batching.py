@@ -19,12 +19,14 @@ one of its cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.overhead import start_server
+from bench.overhead import served_and_raw, start_server
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow moon", "a black cat"]
 
@@ -63,18 +65,26 @@ def layout_options(layout: str) -> list[str]:
     return ["--workers", workers, "--max-batch", max_batch]
 
 
-def concurrent_round(client: httpx.Client, args: argparse.Namespace) -> tuple[float, list[float]]:
-    """Every client's requests, all at once: (wall seconds, each request's latency)."""
+def concurrent_round(
+    url: str, payload: Callable[[int], Any], args: argparse.Namespace
+) -> tuple[float, list[float]]:
+    """`--clients` clients at once, each posting `--requests` requests (`payload(seed)`) to
+    `url`, one after another: (wall seconds, each request's latency). A request that fails, or
+    that sdserve answers without COMPLETED, ends the run."""
     latencies: list[float] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
     def one_client(index: int) -> None:
-        for n in range(args.requests):
-            started = time.perf_counter()
-            answer = client.post("/v2/default/runsync", json=body(args, 1000 * index + n)).json()
-            assert answer["status"] == "COMPLETED", answer
-            with lock:
-                latencies.append(time.perf_counter() - started)
+        with httpx.Client(timeout=600) as client:
+            for n in range(args.requests):
+                started = time.perf_counter()
+                r = client.post(url, json=payload(1000 * index + n))
+                answer = r.json() if r.status_code == 200 else None
+                with lock:
+                    if answer is None or answer.get("status", "COMPLETED") != "COMPLETED":
+                        errors.append(r.text[:200])
+                    latencies.append(time.perf_counter() - started)
 
     threads = [threading.Thread(target=one_client, args=(i,)) for i in range(args.clients)]
     started = time.perf_counter()
@@ -82,6 +92,8 @@ def concurrent_round(client: httpx.Client, args: argparse.Namespace) -> tuple[fl
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} requests failed: {errors[0]}")
     return time.perf_counter() - started, latencies
 
 
@@ -89,11 +101,10 @@ def measure(layout: str, args: argparse.Namespace, model: str, work: Path) -> Re
     port = args.port
     server = start_server(work / layout, port, [model], False, options=layout_options(layout))
     try:
-        limits = httpx.Limits(max_connections=args.clients + 2)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as c:
-            for seed in range(2):  # warm-up, outside the clock
-                c.post("/v2/default/runsync", json=body(args, seed)).raise_for_status()
-            wall, latencies = concurrent_round(c, args)
+        url = f"http://127.0.0.1:{port}/v2/default/runsync"
+        for seed in range(2):  # warm-up, outside the clock
+            httpx.post(url, json=body(args, seed), timeout=600).raise_for_status()
+        wall, latencies = concurrent_round(url, functools.partial(body, args), args)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -110,48 +121,14 @@ def measure(layout: str, args: argparse.Namespace, model: str, work: Path) -> Re
 
 def overhead(args: argparse.Namespace, model: str, work: Path) -> None:
     """Median /runsync latency over the raw call's, one request at a time, alternating."""
-    import torch
-    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
-
-    server = start_server(work / "overhead", args.port, [model], False)
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
-        pipe.set_progress_bar_config(disable=True)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600)
-        request = body(args, 42)
-
-        def raw() -> float:
-            started = time.perf_counter()
-            pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
-            pipe(
-                request["input"]["prompt"], height=args.size, width=args.size,
-                num_inference_steps=args.steps, guidance_scale=7.5,
-                generator=torch.Generator("cpu").manual_seed(42),
-            )  # fmt: skip
-            return time.perf_counter() - started
-
-        def served() -> float:
-            started = time.perf_counter()
-            answer = client.post("/v2/default/runsync", json=request).json()
-            assert answer["status"] == "COMPLETED", answer
-            return time.perf_counter() - started
-
-        raw(), served()
-        raws, serveds = [], []
-        for _ in range(args.overhead_rounds):
-            time.sleep(0.5)  # let the other process's idle torch threads stop spinning
-            raws.append(raw())
-            time.sleep(0.5)
-            serveds.append(served())
-        raw_s, served_s = statistics.median(raws), statistics.median(serveds)
-        print(
-            f"serving overhead: runsync {served_s * 1000:.0f} ms / raw {raw_s * 1000:.0f} ms"
-            f" = x{served_s / raw_s:.3f} (median of {args.overhead_rounds}; goal <= 1.03)",
-            flush=True,
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    raw_s, served_s = served_and_raw(
+        work / "overhead", args.port, model, args.size, args.steps, args.overhead_rounds, 0.5
+    )
+    print(
+        f"serving overhead: runsync {served_s * 1000:.0f} ms / raw {raw_s * 1000:.0f} ms"
+        f" = x{served_s / raw_s:.3f} (median of {args.overhead_rounds}; goal <= 1.03)",
+        flush=True,
+    )
 
 
 def main() -> None:

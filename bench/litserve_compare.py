@@ -23,8 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.batching import concurrent_round
 from bench.overhead import start_server
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow moon", "a black cat"]
@@ -39,27 +40,10 @@ SIZE, STEPS = 128, 10
 LAYOUTS = {"1 worker, batch 4": (1, 4), "2 workers, 1 thread": (2, 1), "2 workers, batch 4": (2, 4)}
 
 
-def load(url: str, payload: Any, args: argparse.Namespace) -> float:
+def load(url: str, payload: Callable[[int], Any], args: argparse.Namespace) -> float:
     """img/s of `--clients` concurrent clients posting `payload(seed)` to `url`."""
-    errors: list[str] = []
-
-    def one_client(index: int) -> None:
-        with httpx.Client(timeout=600) as client:
-            for n in range(args.requests):
-                r = client.post(url, json=payload(1000 * index + n))
-                if r.status_code != 200:
-                    errors.append(r.text[:200])
-
-    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(args.clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
-    if errors:
-        raise SystemExit(f"{len(errors)} requests failed: {errors[0]}")
-    return args.clients * args.requests / wall
+    wall, latencies = concurrent_round(url, payload, args)
+    return len(latencies) / wall
 
 
 def litserve_body(seed: int) -> dict[str, Any]:

@@ -85,9 +85,6 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import torch
-    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
-
     data_dir = Path(tempfile.mkdtemp(prefix="sdserve-bench-"))
     model_dir = args.model
     if model_dir is None:
@@ -97,26 +94,52 @@ def main() -> None:
 
         model_dir = str(data_dir / "tiny-random")
         build_random_pipeline(Path(model_dir), seed=0)
-    server = start_server(data_dir, args.port, [model_dir], args.nsfw_check)
+    raw_s, served_s = served_and_raw(
+        data_dir, args.port, model_dir, args.size, args.steps, args.rounds, args.pause,
+        args.nsfw_check,
+    )  # fmt: skip
+    check = "with" if args.nsfw_check else "without"
+    print(f"request: {args.steps} steps, {args.size}x{args.size}, K-LMS, seed 42")
+    print(f"server runs {check} its NSFW check (the raw call has none)")
+    print(f"raw pipeline call  median {raw_s * 1000:8.1f} ms over {args.rounds} rounds")
+    print(f"server /runsync    median {served_s * 1000:8.1f} ms over {args.rounds} rounds")
+    print(f"ratio served/raw   {served_s / raw_s:.3f}  (goal <= 1.05)")
+
+
+def served_and_raw(
+    data_dir: Path,
+    port: int,
+    model_dir: str,
+    size: int,
+    steps: int,
+    rounds: int,
+    pause: float,
+    nsfw_check: bool = False,
+) -> tuple[float, float]:
+    """Median seconds of the same request as a raw in-process diffusers call and through a
+    server started on `port` (with its default settings), alternating, after one warm-up."""
+    import torch
+    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
+
+    server = start_server(data_dir, port, [model_dir], nsfw_check)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
         pipe.set_progress_bar_config(disable=True)
         prompt = "a red circle on a blue background"
         body = {
             "input": {
-                "prompt": prompt, "width": args.size, "height": args.size,
-                "num_inference_steps": args.steps, "guidance_scale": 7.5, "seed": 42,
-                "scheduler": "K-LMS",
+                "prompt": prompt, "width": size, "height": size, "num_inference_steps": steps,
+                "guidance_scale": 7.5, "seed": 42, "scheduler": "K-LMS",
             }
         }  # fmt: skip
-        client = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=600)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
 
         def raw() -> float:
             started = time.perf_counter()
             pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
             pipe(
-                prompt, height=args.size, width=args.size, num_inference_steps=args.steps,
-                guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(42),
+                prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=7.5,
+                generator=torch.Generator("cpu").manual_seed(42),
             )  # fmt: skip
             return time.perf_counter() - started
 
@@ -128,20 +151,14 @@ def main() -> None:
 
         raw(), served()  # warm-up
         raw_times, served_times = [], []
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             # A pause between calls lets the other process's idle torch threads stop spinning:
             # on a small CPU they would otherwise steal cores from the call being measured.
-            time.sleep(args.pause)
+            time.sleep(pause)
             raw_times.append(raw())
-            time.sleep(args.pause)
+            time.sleep(pause)
             served_times.append(served())
-        raw_s, served_s = statistics.median(raw_times), statistics.median(served_times)
-        check = "with" if args.nsfw_check else "without"
-        print(f"request: {args.steps} steps, {args.size}x{args.size}, K-LMS, seed 42")
-        print(f"server runs {check} its NSFW check (the raw call has none)")
-        print(f"raw pipeline call  median {raw_s * 1000:8.1f} ms over {args.rounds} rounds")
-        print(f"server /runsync    median {served_s * 1000:8.1f} ms over {args.rounds} rounds")
-        print(f"ratio served/raw   {served_s / raw_s:.3f}  (goal <= 1.05)")
+        return statistics.median(raw_times), statistics.median(served_times)
     finally:
         server.terminate()
         server.wait(timeout=30)
