@@ -94,7 +94,8 @@ def measure_litserve(python: str, model: str, port: int, layout: tuple[int, int]
 def measure_sdserve(
     model: str, port: int, work: Path, args: argparse.Namespace, options: list[str]
 ) -> float:
-    server = start_server(work / f"sdserve{len(options)}", port, [model], False, options=options)
+    data_dir = work / f"sdserve-{'_'.join(options).replace('-', '') or 'defaults'}"
+    server = start_server(data_dir, port, [model], False, options=options)
     try:
         url = f"http://127.0.0.1:{port}/v2/default/runsync"
         for seed in range(2):
@@ -111,6 +112,17 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=6, help="per client")
     parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument(
+        "--litserve-layouts",
+        default="1x4,2x1,2x4",
+        help="comma-separated WORKERSxBATCH, of: 1x4,2x1,2x4",
+    )
+    parser.add_argument(
+        "--sdserve",
+        action="append",
+        help="options of one sdserve layout to measure besides its defaults (repeatable;"
+        " default: --workers 1)",
+    )
     args = parser.parse_args()
     if not args.litserve_python:
         parser.error("--litserve-python is needed (see the docstring)")
@@ -122,18 +134,21 @@ def main() -> None:
     build_random_pipeline(Path(model), seed=0)
     print(f"{args.clients} clients x {args.requests} requests; {SIZE}x{SIZE}, {STEPS} steps, K-LMS")
     results: dict[str, float] = {}
-    for offset, (name, layout) in enumerate(LAYOUTS.items()):
+    names = {f"{w}x{b}": name for name, (w, b) in LAYOUTS.items()}
+    for offset, name in enumerate(names[layout] for layout in args.litserve_layouts.split(",")):
         results[f"LitServe, {name}"] = measure_litserve(
-            args.litserve_python, model, args.port + 1 + offset, layout, args
+            args.litserve_python, model, args.port + 1 + offset, LAYOUTS[name], args
         )
         print(f"LitServe, {name}: {results[f'LitServe, {name}']:.2f} img/s", flush=True)
     ours = measure_sdserve(model, args.port, work, args, [])
-    print(f"sdserve, defaults (1 worker, batch 4): {ours:.2f} img/s", flush=True)
-    two = measure_sdserve(model, args.port, work, args, ["--workers", "2"])
-    print(f"sdserve, 2 workers, batch 4: {two:.2f} img/s", flush=True)
+    print(f"sdserve, defaults: {ours:.2f} img/s", flush=True)
+    others = []
+    for options in args.sdserve or ["--workers 1"]:
+        others.append(measure_sdserve(model, args.port, work, args, options.split()))
+        print(f"sdserve {options}: {others[-1]:.2f} img/s", flush=True)
     best = max((v, k) for k, v in results.items())
     print(f"sdserve defaults / LitServe's best ({best[1]}): x{ours / best[0]:.2f}")
-    print(f"sdserve's best / LitServe's best: x{max(ours, two) / best[0]:.2f}")
+    print(f"sdserve's best / LitServe's best: x{max(ours, *others) / best[0]:.2f}")
 
 
 if __name__ == "__main__":

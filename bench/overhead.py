@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument(
         "--nsfw-check", action="store_true", help="let the server run its NSFW check too"
     )
+    parser.add_argument(
+        "--server-options", default="", help="options of `sdserve serve`, e.g. '--workers 2'"
+    )
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="sdserve-bench-"))
@@ -96,7 +99,7 @@ def main() -> None:
         build_random_pipeline(Path(model_dir), seed=0)
     raw_s, served_s = served_and_raw(
         data_dir, args.port, model_dir, args.size, args.steps, args.rounds, args.pause,
-        args.nsfw_check,
+        args.nsfw_check, args.server_options.split(),
     )  # fmt: skip
     check = "with" if args.nsfw_check else "without"
     print(f"request: {args.steps} steps, {args.size}x{args.size}, K-LMS, seed 42")
@@ -115,13 +118,15 @@ def served_and_raw(
     rounds: int,
     pause: float,
     nsfw_check: bool = False,
+    options: Sequence[str] = (),
 ) -> tuple[float, float]:
     """Median seconds of the same request as a raw in-process diffusers call and through a
-    server started on `port` (with its default settings), alternating, after one warm-up."""
+    server started on `port` (with its default settings, and `options`), alternating, after
+    one warm-up."""
     import torch
     from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
-    server = start_server(data_dir, port, [model_dir], nsfw_check)
+    server = start_server(data_dir, port, [model_dir], nsfw_check, options=options)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
         pipe.set_progress_bar_config(disable=True)

@@ -67,7 +67,9 @@ Queues = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option(help="torch CPU threads per worker [default: the cores, shared evenly]."),
+    typer.Option(
+        help="torch CPU threads per worker [default: the cores, shared between the busy workers]."
+    ),
 ]
 MaxBatch = Annotated[
     int | None,
@@ -146,7 +148,10 @@ def serve(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Worker processes to start; 0 for an API-only node [default: 1]."),
+        typer.Option(
+            help="Worker processes to start; 0 for an API-only node [default: 2 on a CPU,"
+            " sharing its cores; 1 on a GPU]."
+        ),
     ] = None,
     api_workers: Annotated[
         int | None,

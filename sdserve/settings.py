@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,24 @@ OutputFormat = Literal["url", "base64"]
 
 DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 8}
 """Images per pipeline call when `max_batch` is not set, by kind of device (bench/batching.py)."""
+
+
+def device_kind(device: str) -> Literal["cpu", "gpu"]:
+    """Whether a device setting means a CPU or a GPU, without loading torch (the API process
+    never does): `auto` is a GPU where NVIDIA's driver is loaded (a CPU-only torch there falls
+    back to the CPU, with the GPU's defaults)."""
+    if device == "auto":
+        return "gpu" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+    return "cpu" if device == "cpu" else "gpu"
+
+
+def default_workers(device: str) -> int:
+    """Workers of `serve` by default: one per GPU process; on a CPU two (where it has two cores
+    or more), which share the cores: one alone uses them all, two busy take half each
+    (worker/cores.py), the most images per second measured (bench/README.md, batching.py)."""
+    if device_kind(device) == "gpu":
+        return 1
+    return min(2, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -42,10 +61,12 @@ class Settings(BaseSettings):
     """`SOURCE` (the default model) or `NAME=SOURCE`; repeatable, comma-separated in env."""
     api_keys: Annotated[list[str], NoDecode] = []
     """Accepted API keys (SDSERVE_API_KEYS is comma-separated); none = open, loopback only."""
-    workers: int = Field(default=1, ge=0, le=64)
-    """Worker processes started by `serve`, one per device."""
     device: str = "auto"
     """Device the workers run on: auto, cpu, cuda or cuda:N."""
+    workers: int = Field(
+        default_factory=lambda data: default_workers(data.get("device", "auto")), ge=0, le=64
+    )
+    """Worker processes started by `serve` (default: `default_workers`)."""
     model_memory_gb: float | None = Field(default=None, gt=0)
     """GiB of model weights a worker keeps loaded on its device; beyond it the least recently
     used model is unloaded (default: all the device's memory, a GPU's or the machine's RAM)."""

@@ -51,6 +51,11 @@ LOOPBACK_URLS = {"SDSERVE_ALLOW_URL_NETWORKS": "127.0.0.0/8,::1"}
 """Lets servers under test fetch images from and post webhooks to the tests' loopback servers
 (a test of the SSRF guard overrides it with an empty value)."""
 
+ONE_WORKER = {"SDSERVE_WORKERS": "1"}
+"""Servers under test start one worker unless a test asks for more (the CPU default, two,
+would double every server's start-up on the suite's two cores; tests/worker/test_cores.py
+runs the default)."""
+
 
 @dataclass
 class ServerProcess:
@@ -64,6 +69,9 @@ class ServerProcess:
     log_path: Path | None = None
     expect_workers: bool = True
     """Wait for a worker at start (False for an API-only node, `--workers 0`)."""
+    default_workers: bool = False
+    """Start as many workers as `serve` does by default (else one, unless `args` or `env`
+    say otherwise)."""
 
     @property
     def url(self) -> str:
@@ -71,7 +79,8 @@ class ServerProcess:
 
     def start(self, wait_ready: bool = True) -> None:
         self.log_path = self.data_dir.parent / f"server-{self.port}-{time.time():.0f}.log"
-        env = {**os.environ, **LOOPBACK_URLS, **self.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **LOOPBACK_URLS, **({} if self.default_workers else ONE_WORKER)}
+        env |= {**self.env, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "sdserve", "serve", "--port", str(self.port)]
         cmd += ["--data-dir", str(self.data_dir), *self.args]
         log = self.log_path.open("wb")

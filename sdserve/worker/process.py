@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.synchronize import Semaphore
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from sdserve.jobs.store import JobStore
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import Settings
 from sdserve.storage.factory import open_image_store
+from sdserve.worker.cores import BusyFlags, CoreShare
 from sdserve.worker.runner import Generate, JobRunner
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ _IDLE_WAIT_S = 0.5
 _RETRY_S = 2.0
 _BATCH_POLL_S = 0.005
 """How often a worker waiting to fill a batch looks for more jobs."""
+_BUSY_WAIT_S = 0.2
+"""The longest a CPU worker waits to fill a batch while another worker generates."""
 
 
 class _Heartbeat(threading.Thread):
@@ -74,11 +78,18 @@ def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
         log.exception("could not load the default model %s; its jobs will fail", spec.name)
 
 
-def _share_cpu_cores(workers: int, threads: int | None) -> None:
-    """Split the cores between CPU workers: oversubscribed torch threads slow down many-fold."""
-    import torch
+def _share_cpu_cores(
+    settings: Settings, busy: BusyFlags | None, worker_id: str
+) -> CoreShare | None:
+    """The worker's part in sharing the node's cores (None for a worker alone, which keeps
+    torch's default, every core, unless `cpu_threads` fixes its threads)."""
+    if busy is not None and settings.workers > 1:
+        return CoreShare(*busy, fixed_threads=settings.cpu_threads, name=worker_id)
+    if settings.cpu_threads is not None:
+        import torch
 
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, workers)))
+        torch.set_num_threads(settings.cpu_threads)
+    return None
 
 
 def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineCache) -> Generate:
@@ -116,26 +127,38 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
 class _Batcher:
     """Gathers queued jobs that can share the first one's pipeline call, up to `max_batch`
     images in all (jobs that share a call have as many images each), waiting at most
-    `batch_wait_ms` for more to arrive."""
+    `batch_wait_ms` for more to arrive, and longer (up to `_BUSY_WAIT_S`) while another
+    worker of the node generates: the cores are busy then anyway, and a fuller batch makes
+    more images per second. A lone request never waits at the defaults."""
 
-    def __init__(self, store: JobStore, worker_id: str, max_batch: int, wait_ms: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        worker_id: str,
+        max_batch: int,
+        wait_ms: float,
+        others_generating: Callable[[], bool] | None = None,
+    ) -> None:
         self._store = store
         self._worker_id = worker_id
         self._max_images = max_batch
         self._wait_s = wait_ms / 1000
+        self._others_generating = others_generating or (lambda: False)
 
     def gather(self, first: Job) -> list[Job]:
         batch = [first]
         jobs = self._max_images // first.request.num_outputs
         if jobs <= 1 or first.request.batch_key() is None:
             return batch
-        deadline = time.monotonic() + self._wait_s
+        start = time.monotonic()
         while True:
             batch += self._store.claim_batch(self._worker_id, time.time(), first, jobs - len(batch))
-            left = deadline - time.monotonic()
-            if len(batch) >= jobs or left <= 0:
+            waited = time.monotonic() - start
+            if len(batch) >= jobs:
                 return batch
-            time.sleep(min(left, _BATCH_POLL_S))
+            if waited >= self._wait_s and not (waited < _BUSY_WAIT_S and self._others_generating()):
+                return batch
+            time.sleep(_BATCH_POLL_S)
 
 
 def worker_main(
@@ -145,9 +168,12 @@ def worker_main(
     events: SimpleQueue[str | None] | None,
     parent_pid: int | None,
     stop: threading.Event | None = None,
+    busy: BusyFlags | None = None,
 ) -> None:
     """Run a worker: spawned by `serve` (with `wake`, `events` and `parent_pid`), or on its own
-    (`sdserve worker`, which sets `stop` to drain: the running job ends, then the loop)."""
+    (`sdserve worker`, which sets `stop` to drain: the running job ends, then the loop).
+    `busy` is the node's generating-worker flags and this worker's slot in them, to share a
+    CPU's cores between the workers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if parent_pid is not None:
         # Ctrl-C reaches the whole process group; the server stops its workers itself (and
@@ -162,24 +188,32 @@ def worker_main(
     models = served_models(settings, registry)
     store = open_job_store(settings, models)
     device = resolve_device(settings.device)
-    if device == "cpu":
-        _share_cpu_cores(settings.workers if parent_pid is not None else 1, settings.cpu_threads)
+    cores = _share_cpu_cores(settings, busy, worker_id) if device == "cpu" else None
     budget = settings.model_memory_gb
     speed = SpeedOptions(settings.compile, settings.channels_last, settings.fuse_qkv)
     cache = PipelineCache(device, int(budget * GIB) if budget else None, speed)
 
     # Warm the default model when this worker serves it, else the first model it serves.
-    _prepare_default(
-        registry.resolve(DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]), cache
-    )
+    with cores.generating() if cores is not None else nullcontext():
+        _prepare_default(
+            registry.resolve(DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]), cache
+        )
     # The first heartbeat announces the worker: only once it can take jobs at full speed.
     heartbeat = _Heartbeat(store, worker_id, parent_pid)
     heartbeat.start()
     log.info("worker %s ready on %s for %s", worker_id, device, ", ".join(models))
     generate = request_runner(settings, registry, cache)
+    if cores is not None:
+        generate = cores.sharing(generate)
     images = open_image_store(settings.storage, settings.images_dir)
     runner = JobRunner(store, images, generate, None if events is None else events.put)
-    batcher = _Batcher(store, worker_id, settings.max_batch_for(device), settings.batch_wait_ms)
+    batcher = _Batcher(
+        store,
+        worker_id,
+        settings.max_batch_for(device),
+        settings.batch_wait_ms,
+        None if cores is None else cores.others_generating,
+    )
     stop = stop or threading.Event()
     try:
         while not stop.is_set():
@@ -196,12 +230,13 @@ def worker_main(
                     store.wait_for_jobs(_IDLE_WAIT_S)
                 continue
             heartbeat.job_id = job.id
-            batch = batcher.gather(job)
-            for each in batch:
-                log.info(
-                    "worker %s: running job %s (attempt %d)", worker_id, each.id, each.attempts
-                )
-            runner.run_batch(batch)
+            with cores.holding() if cores is not None else nullcontext():
+                batch = batcher.gather(job)
+                for each in batch:
+                    log.info(
+                        "worker %s: running job %s (attempt %d)", worker_id, each.id, each.attempts
+                    )
+                runner.run_batch(batch)
             heartbeat.job_id = None
     finally:
         try:

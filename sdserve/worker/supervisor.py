@@ -46,6 +46,10 @@ class WorkerSupervisor:
         # Workers report finished jobs here, so waiters wake at once without polling.
         self._events: SimpleQueue[str | None] = self._ctx.SimpleQueue()
         self._on_job_event = on_job_event
+        # Which workers generate now, one flag per slot, for them to share a CPU's cores
+        # (worker/cores.py); a replacement worker takes its dead predecessor's slot.
+        self._busy = self._ctx.RawArray("b", max(count, 1))
+        self._slots: dict[str, int] = {}
         self._relay = threading.Thread(target=self._relay_events, daemon=True, name="job-events")
         self._workers: dict[str, BaseProcess] = {}
         self._stopping = threading.Event()
@@ -63,8 +67,8 @@ class WorkerSupervisor:
         return self._wake
 
     def start(self) -> None:
-        for _ in range(self._count):
-            self._spawn()
+        for slot in range(self._count):
+            self._spawn(slot)
         self._thread.start()
         self._relay.start()
 
@@ -72,16 +76,19 @@ class WorkerSupervisor:
         while (job_id := self._events.get()) is not None:
             self._on_job_event(job_id)
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
+        self._busy[slot] = 0  # a worker killed while generating left its flag raised
+        busy = (self._busy, slot)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self._settings, worker_id, self._wake, self._events, os.getpid()),
+            args=(self._settings, worker_id, self._wake, self._events, os.getpid(), None, busy),
             name=worker_id,
             daemon=True,
         )
         process.start()
         self._workers[worker_id] = process
+        self._slots[worker_id] = slot
         log.info("started %s (pid %s)", worker_id, process.pid)
 
     def _watch(self) -> None:
@@ -101,7 +108,7 @@ class WorkerSupervisor:
                     log.warning("job(s) %s of %s went back to the queue", requeued, worker_id)
                 for job_id in requeued:
                     self._on_job_event(job_id)
-                self._spawn()
+                self._spawn(self._slots.pop(worker_id))
                 self.wake()
 
     def stop(self) -> None:
