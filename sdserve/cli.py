@@ -79,6 +79,13 @@ MaxBatch = Annotated[
         " [default: 4 on a CPU, 8 on a GPU; env SDSERVE_MAX_BATCH].",
     ),
 ]
+LogFormat = Annotated[
+    str | None,
+    typer.Option(
+        help="Log lines as `text` or `json` (one object per line, for log collectors)"
+        " [default: text; env SDSERVE_LOG_FORMAT].",
+    ),
+]
 BatchWait = Annotated[
     float | None,
     typer.Option(
@@ -167,6 +174,7 @@ def serve(
     threads: Threads = None,
     max_batch: MaxBatch = None,
     batch_wait_ms: BatchWait = None,
+    log_format: LogFormat = None,
     output_format: Annotated[
         OutputFormat | None,
         typer.Option(help="url (signed, expiring links) or base64 (inline) [default: url]."),
@@ -184,7 +192,7 @@ def serve(
 ) -> None:
     """Start the HTTP API and its worker processes."""
     from sdserve.detect import UnservedModel
-    from sdserve.server import UnsafeBinding
+    from sdserve.server import CannotListen, UnsafeBinding
     from sdserve.server import serve as run_server
 
     settings = _settings(
@@ -210,6 +218,7 @@ def serve(
             "compile": compile,
             "channels_last": channels_last,
             "fuse_qkv": fuse_qkv,
+            "log_format": log_format,
         }
     )
     try:
@@ -217,6 +226,9 @@ def serve(
     except (UnsafeBinding, UnservedModel) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except CannotListen as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -231,6 +243,7 @@ def worker(
     threads: Threads = None,
     max_batch: MaxBatch = None,
     batch_wait_ms: BatchWait = None,
+    log_format: LogFormat = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -272,6 +285,7 @@ def worker(
             "compile": compile,
             "channels_last": channels_last,
             "fuse_qkv": fuse_qkv,
+            "log_format": log_format,
         }
     )
     if settings.metrics_port is not None:

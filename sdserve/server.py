@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -33,9 +37,10 @@ from sdserve.jobs.outbound import UrlPolicy
 from sdserve.jobs.requests import InputLimits
 from sdserve.jobs.service import JobService
 from sdserve.jobs.watcher import JobWatcher
-from sdserve.registry import load_registry
+from sdserve.logs import setup_logging
+from sdserve.registry import ModelRegistry, load_registry
 from sdserve.replicas import ApiReplicas, ReplicaLink
-from sdserve.settings import Settings
+from sdserve.settings import Settings, device_kind
 from sdserve.storage.factory import open_image_store
 from sdserve.storage.signing import UrlSigner, load_secret
 from sdserve.sweeper import run_sweeper
@@ -209,34 +214,74 @@ def _settle() -> None:
 def serve(settings: Settings) -> None:
     """Run the embedded server until interrupted: the primary API process, and
     `api_workers - 1` replicas on the same socket."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(settings.log_format, settings.access_log)
     # This node's processes (this one, the workers and replicas it spawns) record metrics there.
+    # Before anything else starts (migrations, workers): a busy port fails at once.
+    check_binding(settings)
+    listener = listen(settings.host, settings.port)
     directory = metrics.open_node_directory()
     replicas: ApiReplicas | None = None
     try:
         replicas = ApiReplicas(settings, replica_main)
         app = create_app(settings, relay=replicas.relay)
         config = _uvicorn_config(settings, app)
-        listener = config.bind_socket()
-        log.info(
-            "sdserve %s on http://%s:%s (data in %s; %d API process(es))",
-            __version__,
-            settings.host,
-            settings.port,
-            settings.data_dir,
-            settings.api_workers,
-        )
+        log.info("%s", startup_summary(settings, app.state.ctx.service.registry))
         replicas.start(listener, app.state.supervisor.wake_semaphore)
-        uvicorn.Server(config).run(sockets=[listener])
+        supervisor: WorkerSupervisor = app.state.supervisor
+        # uvicorn raises the signals it caught again once it is done: they must find handlers
+        # that let this function clean up and return (the defaults would kill or raise here).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: None)
+        _DrainingServer(config, supervisor).run(sockets=[listener])
+        supervisor.stop()  # after a forced stop, which skips the app's shutdown: jobs requeued
     finally:
         if replicas is not None:
             replicas.stop()
         metrics.close_node_directory(directory)
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, draining the workers: the first SIGINT or SIGTERM stops new jobs from starting
+    (the running ones finish, and so do the requests waiting on them), a second stops at
+    once (the jobs go back to the queue)."""
+
+    def __init__(self, config: uvicorn.Config, supervisor: WorkerSupervisor) -> None:
+        super().__init__(config)
+        self._supervisor = supervisor
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+            self._supervisor.force()
+        else:
+            self._supervisor.begin_drain()
+        super().handle_exit(sig, frame)
+
+
+class CannotListen(Exception):
+    """The server's address cannot be listened on (most often: another process has it)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port`, shared by the node's API processes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        hint = (
+            "; another server is running there? choose another --port"
+            if exc.errno in (errno.EADDRINUSE,)
+            else ""
+        )
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CannotListen(f"cannot listen on {host}:{port}: {reason}{hint}") from None
+    listener.set_inheritable(True)
+    return listener
+
+
 def replica_main(settings: Settings, listener: socket.socket, link: ReplicaLink) -> None:
     """A replica API process: serve HTTP on the primary's socket until stopped."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(settings.log_format, settings.access_log)
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings, replica=link)))
 
     def stop() -> None:
@@ -251,6 +296,34 @@ def _uvicorn_config(settings: Settings, app: FastAPI) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_level=None,  # the levels sdserve.logs sets
+        log_config=None,  # the process's own (sdserve.logs), not uvicorn's
         access_log=settings.access_log,
+    )
+
+
+def startup_summary(settings: Settings, registry: ModelRegistry) -> str:
+    """What runs where, in one line: address, mode, workers and device, models, data."""
+    mode = (
+        "shared mode (jobs in PostgreSQL)"
+        if settings.database
+        else f"embedded mode (jobs in SQLite in {settings.data_dir})"
+    )
+    device = settings.device if settings.device != "auto" else f"auto: {device_kind('auto')}"
+    models = ", ".join(
+        f"{spec.name} ({'built-in demo' if spec.builtin else spec.rules.family.title})"
+        for spec in registry.models
+    )
+    images = settings.storage.split("?")[0] if settings.storage else f"{settings.data_dir}"
+    demo = any(spec.builtin for spec in registry.models)
+    return (
+        f"sdserve {__version__} on http://{settings.host}:{settings.port}, {mode};"
+        f" {settings.workers} worker(s) on {device}, {settings.api_workers} API process(es);"
+        f" models: {models}; images in {images}"
+        + (
+            " (the built-in demo model draws one shape on a background, see the README's"
+            " prompts; --model serves real Stable Diffusion weights)"
+            if demo
+            else ""
+        )
     )

@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     metrics_public: bool = False
     """Serve /metrics without an API key although keys are set (default: a key is needed;
     a server without keys listens on loopback only)."""
+    log_format: Literal["text", "json"] = "text"
+    """`text` lines, or one JSON object per line (for log collectors)."""
     access_log: bool = False
     """Log every HTTP request (uvicorn's access log); off by default, as one line per request
     costs a busy API node a noticeable share of its CPU."""

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -122,6 +122,12 @@ class ServerProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
+        """Stop at once, as a second Ctrl-C does: running jobs go back to the queue (one
+        Ctrl-C would let them finish first)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=0.3)
         stop_process(self.process, signal.SIGINT, timeout_s=20)
 
 

@@ -56,6 +56,8 @@ def migrate(engine: sa.Engine) -> list[str]:
         pending = _pending(config, current)
         if pending:
             command.upgrade(config, "head")
-    for revision in pending:
-        log.info("database upgraded: schema revision %s", revision)
+    if pending:
+        log.info(
+            "database schema upgraded from %s to revision %s", current or "nothing", pending[-1]
+        )
     return pending

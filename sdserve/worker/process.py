@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from ctypes import c_byte
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.synchronize import Semaphore
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.losses import WORKER_STOPPED
 from sdserve.jobs.models import Job
 from sdserve.jobs.store import JobStore
+from sdserve.logs import setup_logging
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import Settings
 from sdserve.storage.factory import open_image_store
@@ -65,11 +67,6 @@ def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
     """Load a model before any job, so the first one runs at full speed."""
     if spec is None:
         return
-    if spec.builtin:
-        log.info(
-            "serving the built-in demo model: it draws one shape on a background (see the"
-            " README's prompts); configure --model for real Stable Diffusion weights"
-        )
     from sdserve.engine.speed import warm_up
 
     try:
@@ -169,12 +166,14 @@ def worker_main(
     parent_pid: int | None,
     stop: threading.Event | None = None,
     busy: BusyFlags | None = None,
+    draining: c_byte | None = None,
 ) -> None:
     """Run a worker: spawned by `serve` (with `wake`, `events` and `parent_pid`), or on its own
     (`sdserve worker`, which sets `stop` to drain: the running job ends, then the loop).
     `busy` is the node's generating-worker flags and this worker's slot in them, to share a
-    CPU's cores between the workers."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    CPU's cores between the workers; once `draining` is set, the worker takes no more jobs and
+    returns after its batch."""
+    setup_logging(settings.log_format)
     if parent_pid is not None:
         # Ctrl-C reaches the whole process group; the server stops its workers itself (and
         # must not take the interrupted worker for one its job killed).
@@ -216,7 +215,7 @@ def worker_main(
     )
     stop = stop or threading.Event()
     try:
-        while not stop.is_set():
+        while not stop.is_set() and not (draining is not None and draining.value):
             try:
                 job = store.claim(worker_id, time.time())
             except Exception:  # the database is away: wait for it rather than exit

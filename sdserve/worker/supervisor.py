@@ -50,6 +50,11 @@ class WorkerSupervisor:
         # (worker/cores.py); a replacement worker takes its dead predecessor's slot.
         self._busy = self._ctx.RawArray("b", max(count, 1))
         self._slots: dict[str, int] = {}
+        # Set once the server drains: workers take no more jobs and exit after their batch.
+        # One byte, no lock, so a signal handler can set it.
+        self._draining = self._ctx.RawValue("b", 0)
+        self._forced = False
+        self._stopped = False
         self._relay = threading.Thread(target=self._relay_events, daemon=True, name="job-events")
         self._workers: dict[str, BaseProcess] = {}
         self._stopping = threading.Event()
@@ -82,7 +87,16 @@ class WorkerSupervisor:
         busy = (self._busy, slot)
         process = self._ctx.Process(
             target=worker_main,
-            args=(self._settings, worker_id, self._wake, self._events, os.getpid(), None, busy),
+            args=(
+                self._settings,
+                worker_id,
+                self._wake,
+                self._events,
+                os.getpid(),
+                None,
+                busy,
+                self._draining,
+            ),
             name=worker_id,
             daemon=True,
         )
@@ -94,7 +108,7 @@ class WorkerSupervisor:
     def _watch(self) -> None:
         while not self._stopping.wait(_CHECK_S):
             for worker_id, process in list(self._workers.items()):
-                if process.is_alive() or self._stopping.is_set():
+                if process.is_alive() or self._stopping.is_set() or self._draining.value:
                     continue
                 died = worker_died(process.exitcode)
                 log.error("%s %s; starting a new worker", worker_id, died.cause)
@@ -111,9 +125,33 @@ class WorkerSupervisor:
                 self._spawn(self._slots.pop(worker_id))
                 self.wake()
 
+    def begin_drain(self) -> None:
+        """Tell the workers to take no more jobs and to exit once their batch is done (safe in
+        a signal handler)."""
+        self._draining.value = 1
+
+    def force(self) -> None:
+        """End a drain under way at once (safe in a signal handler): `drain` stops the
+        workers, whose jobs go back to the queue."""
+        self._forced = True
+
+    def drain(self) -> None:
+        """Let the running jobs finish, the workers exit, then stop (at once if `force`d)."""
+        self.begin_drain()
+        self._stopping.set()
+        running = [p for p in self._workers.values() if p.is_alive()]
+        if running and not self._forced:
+            log.info("draining: waiting for the running jobs to finish (again to stop at once)")
+        while not self._forced and any(p.is_alive() for p in running):
+            time.sleep(0.1)
+        self.stop()
+
     def stop(self) -> None:
         """Stop the workers at once; their jobs go back to the queue as they were (a stop is
         not the job's fault), for the next start or another node to run."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join()  # so it replaces no worker from now on
