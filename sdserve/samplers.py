@@ -7,6 +7,7 @@ writes A1111's name into PNG metadata from it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -71,20 +72,48 @@ FLOW_SCHEDULERS: tuple[SchedulerName, ...] = tuple(
 )
 """The samplers flow-matching models run; the others integrate a noise schedule they lack."""
 
-_BY_NAME: dict[str, SchedulerName] = {
-    **{name: name for name in SCHEDULER_NAMES},
-    **{alias: name for name, sampler in SAMPLERS.items() for alias in sampler.aliases},
-}
+
+def squash(name: str) -> str:
+    """A spelling reduced to what tells samplers apart: `Euler a`, `EULER-A` and `euler_a` meet."""
+    return re.sub(r"[^a-z0-9+]", "", name.lower())
+
+
+def spellings(sampler: Sampler) -> tuple[str, ...]:
+    """Every name a client may send for `sampler`: sdserve's (the RunPod worker's), its
+    aliases, diffusers' class with or without `Scheduler`, and A1111's."""
+    cls = sampler.diffusers_class
+    return (sampler.name, *sampler.aliases, cls, cls.removesuffix("Scheduler"), sampler.a1111)
+
+
+def _lookup() -> dict[str, SchedulerName]:
+    found: dict[str, SchedulerName] = {}
+    for name, sampler in SAMPLERS.items():
+        for spelling in spellings(sampler):
+            known = found.setdefault(squash(spelling), name)
+            if known != name:
+                raise AssertionError(f"{spelling!r} would name both {known} and {name}")
+    return found
+
+
+_BY_SPELLING = _lookup()
+
+
+def sampler_named(value: str) -> SchedulerName | None:
+    """The sampler a client's spelling names (case, spaces, `-` and `_` aside); None if none."""
+    return _BY_SPELLING.get(squash(value))
 
 
 def _scheduler_name(value: object) -> object:
     if isinstance(value, str):
-        upper = value.strip().upper()
-        if upper not in _BY_NAME:
-            raise ValueError(f"must be one of {', '.join(SCHEDULER_NAMES)} (got {value!r})")
-        return _BY_NAME[upper]
+        name = sampler_named(value)
+        if name is None:
+            raise ValueError(
+                f"must name a sampler: one of {', '.join(SCHEDULER_NAMES)}, or its diffusers"
+                f" class (LMSDiscreteScheduler) or A1111 name ('Euler a') (got {value!r})"
+            )
+        return name
     return value
 
 
 Scheduler = Annotated[SchedulerName, BeforeValidator(_scheduler_name)]
-"""A scheduler name as dialects take it: case-insensitive, with its aliases (KLMS for K-LMS)."""
+"""A scheduler name as every dialect takes it: any of its `spellings`, in any case."""

@@ -6,9 +6,10 @@ import diffusers.schedulers
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from sdserve.api.modelslab_protocol import scheduler_of
 from sdserve.canonical import SCHEDULER_NAMES, SchedulerName
 from sdserve.families import FAMILIES
-from sdserve.samplers import FLOW_SCHEDULERS, SAMPLERS
+from sdserve.samplers import FLOW_SCHEDULERS, SAMPLERS, spellings
 from sdserve.samplers import Scheduler as SchedulerField
 
 
@@ -48,12 +49,34 @@ def test_flow_families_run_exactly_the_flow_samplers() -> None:
 
 
 @pytest.mark.parametrize(
-    ("sent", "name"), [("k-lms", "K-LMS"), ("KLMS", "K-LMS"), (" ddim ", "DDIM")]
+    ("sent", "name"),
+    [
+        ("k-lms", "K-LMS"),
+        ("KLMS", "K-LMS"),
+        (" ddim ", "DDIM"),
+        ("Euler a", "EULER-A"),  # A1111's
+        ("euler_a", "EULER-A"),
+        ("EulerAncestralDiscreteScheduler", "EULER-A"),  # diffusers' class
+        ("EulerAncestralDiscrete", "EULER-A"),
+        ("DPM++ 2M", "DPM-M"),
+        ("PLMS", "PNDM"),
+    ],
 )
-def test_a_scheduler_field_takes_any_case_and_aliases(sent: str, name: SchedulerName) -> None:
+def test_a_scheduler_field_takes_every_spelling_in_any_case(sent: str, name: SchedulerName) -> None:
     assert TypeAdapter(SchedulerField).validate_python(sent) == name
 
 
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_every_dialect_reads_every_spelling_the_same(name: SchedulerName) -> None:
+    # RunPod's and OpenAI's bodies take a Scheduler field, ModelsLab's scheduler_of.
+    for spelling in spellings(SAMPLERS[name]):
+        for sent in (spelling, spelling.lower(), spelling.upper()):
+            assert TypeAdapter(SchedulerField).validate_python(sent) == name
+            assert scheduler_of(sent) == name
+
+
 def test_a_scheduler_field_names_the_choices_when_refusing() -> None:
-    with pytest.raises(ValidationError, match="must be one of DDIM, DDPM"):
-        TypeAdapter(SchedulerField).validate_python("Euler a")
+    with pytest.raises(ValidationError, match="must name a sampler: one of DDIM, DDPM") as caught:
+        TypeAdapter(SchedulerField).validate_python("UniPC")
+    assert "LMSDiscreteScheduler" in str(caught.value) and "'Euler a'" in str(caught.value)
+    assert scheduler_of("UniPC") is None  # ModelsLab's clients: the model's default instead

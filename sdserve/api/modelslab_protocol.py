@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -20,24 +19,7 @@ from sdserve.api.errors import ApiError, FieldError, field_errors
 from sdserve.canonical import MAX_SEED, Prompt, SchedulerName
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.models import Job
-from sdserve.samplers import SAMPLERS, Sampler
-
-
-def _squash(name: str) -> str:
-    return re.sub(r"[^a-z0-9+]", "", name.lower())
-
-
-def _spellings(sampler: Sampler) -> tuple[str, ...]:
-    # ModelsLab clients send diffusers' class names (with or without `Scheduler`) or A1111's.
-    cls = sampler.diffusers_class
-    return (sampler.name, *sampler.aliases, cls, cls.removesuffix("Scheduler"), sampler.a1111)
-
-
-_SCHEDULER_LOOKUP: dict[str, SchedulerName] = {
-    _squash(spelling): name
-    for name, sampler in SAMPLERS.items()
-    for spelling in _spellings(sampler)
-}
+from sdserve.samplers import SAMPLERS, sampler_named
 
 
 def scheduler_of(value: object) -> SchedulerName | None:
@@ -47,7 +29,7 @@ def scheduler_of(value: object) -> SchedulerName | None:
     # variants, ...). Its clients send them by habit, so an unknown name falls back to the
     # default rather than failing the request; `meta.scheduler` says which one ran.
     if isinstance(value, str):
-        return _SCHEDULER_LOOKUP.get(_squash(value))
+        return sampler_named(value)
     return None
 
 

@@ -44,7 +44,7 @@ def post_input(client: httpx.Client, input: dict[str, object]) -> httpx.Response
         ({"num_inference_steps": 501}, "input.num_inference_steps", "less than or equal to 500"),
         ({"num_outputs": 11}, "input.num_outputs", "less than or equal to 10"),
         ({"prompt_strength": 1.5}, "input.prompt_strength", "less than or equal to 1"),
-        ({"scheduler": "FOO"}, "input.scheduler", "must be one of DDIM"),
+        ({"scheduler": "FOO"}, "input.scheduler", "must name a sampler: one of DDIM"),
         ({"seed": -1}, "input.seed", "greater than or equal to 0"),
         ({"seed": "abc"}, "input.seed", "valid integer"),
         ({"prompt": ""}, "input.prompt", "at least 1 character"),

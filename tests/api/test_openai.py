@@ -151,7 +151,7 @@ def test_models_list_names_every_model_and_alias(sdk: OpenAI) -> None:
         ({"n": 0}, "n", "greater than or equal to 1"),
         ({"response_format": "jpeg"}, "response_format", "'url' or 'b64_json'"),
         ({"extra_body": {"colour": "red"}}, "colour", "unknown field"),
-        ({"extra_body": {"scheduler": "FOO"}}, "scheduler", "must be one of DDIM"),
+        ({"extra_body": {"scheduler": "FOO"}}, "scheduler", "must name a sampler: one of DDIM"),
         ({"prompt": "  "}, "prompt", "must not be blank"),
     ],
 )
