@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from sdserve.api.auth import Unauthorized
-from sdserve.jobs.errors import InvalidInput, JobError, TooMany
+from sdserve.jobs.errors import InvalidInput, InvalidInputs, JobError, TooMany
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def _api_error(request: Request, exc: Exception) -> ApiError:
         message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return ApiError(400, message, errors)
     if isinstance(exc, InvalidInput):
-        errors = [{"field": exc.field, "message": exc.rule}]
+        problems = exc.problems if isinstance(exc, InvalidInputs) else [exc]
+        errors = [{"field": p.field, "message": p.rule} for p in problems]
         return ApiError(exc.status_code, exc.message, errors, code=exc.code)
     if isinstance(exc, TooMany):
         headers = {"Retry-After": str(exc.retry_after_s)}

@@ -35,6 +35,24 @@ class InvalidInput(JobError):
         return (InvalidInput, (self.field, self.rule))
 
 
+class InvalidInputs(InvalidInput):
+    """Several fields break rules: each is reported, the first as `field` and `rule`."""
+
+    def __init__(self, problems: list[InvalidInput]) -> None:
+        super().__init__(problems[0].field, problems[0].rule)
+        self.problems = problems
+        self.message = "; ".join(problem.message for problem in problems)
+        self.args = (self.message,)
+
+
+def raise_all(problems: list[InvalidInput]) -> None:
+    """Raise the problems found, one alone or all together; nothing if none."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InvalidInputs(problems)
+
+
 class NotFound(JobError):
     status_code = 404
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from sdserve.canonical import GenerationRequest, SchedulerName
-from sdserve.jobs.errors import InvalidInput
+from sdserve.jobs.errors import InvalidInput, raise_all
 from sdserve.jobs.image_pool import ImagePool
 from sdserve.jobs.inputs import (
     alpha_mask,
@@ -222,20 +222,30 @@ async def build_request(
     scheduler = draft.scheduler
     if scheduler is None or (draft.scheduler_fallback and scheduler not in rules.family.schedulers):
         scheduler = rules.scheduler
-    check_prompt(_named(fields, "prompt"), draft.prompt, limits.max_prompt_chars)
-    check_prompt(_named(fields, "negative_prompt"), draft.negative_prompt, limits.max_prompt_chars)
+    problems: list[InvalidInput] = []
+
+    def check(rule: Callable[..., None], *args: object) -> None:
+        try:
+            rule(*args)
+        except InvalidInput as problem:  # every bad field is reported at once
+            problems.append(problem)
+
+    check(check_prompt, _named(fields, "prompt"), draft.prompt, limits.max_prompt_chars)
+    negative = draft.negative_prompt
+    check(check_prompt, _named(fields, "negative_prompt"), negative, limits.max_prompt_chars)
     if (draft.use_compel or limits.compel_everywhere) and rules.family.compel:
-        check_compel_prompt(_named(fields, "prompt"), draft.prompt)
-        check_compel_prompt(_named(fields, "negative_prompt"), draft.negative_prompt)
-    check_size(_named(fields, "width"), width, spec)
-    check_size(_named(fields, "height"), height, spec)
-    check_scheduler(_named(fields, "scheduler"), scheduler, spec, bool(draft.init_image))
-    _check_family(spec, draft, fields)
+        check(check_compel_prompt, _named(fields, "prompt"), draft.prompt)
+        check(check_compel_prompt, _named(fields, "negative_prompt"), negative)
+    check(check_size, _named(fields, "width"), width, spec)
+    check(check_size, _named(fields, "height"), height, spec)
+    check(check_scheduler, _named(fields, "scheduler"), scheduler, spec, bool(draft.init_image))
+    check(_check_family, spec, draft, fields)
     if draft.lora is not None and limits.loras_dir is not None:
         try:
             find_lora(limits.loras_dir, draft.lora)
         except UnknownLora as error:
-            raise InvalidInput(_named(fields, "lora"), str(error)) from None
+            problems.append(InvalidInput(_named(fields, "lora"), str(error)))
+    raise_all(problems)
     init_png, mask_png = await _load_images(draft, fields, limits, width, height)
     return GenerationRequest(
         model=spec.name,

@@ -92,6 +92,16 @@ def test_several_bad_fields_are_all_named(client: httpx.Client) -> None:
     assert fields == {"input.guidance_scale", "input.num_outputs"}
 
 
+def test_every_rule_of_the_model_is_checked_at_once(client: httpx.Client) -> None:
+    bad = {"width": 100, "height": 64, "scheduler": "IPNDM", "init_image": INIT, "prompt": "a\x00"}
+    r = post_input(client, bad)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    fields = [e["field"] for e in body["errors"]]
+    assert fields == ["input.prompt", "input.width", "input.height", "input.scheduler"], body
+    assert all(f in body["error"] for f in fields)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
