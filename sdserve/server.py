@@ -179,7 +179,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await service.close()
-            await asyncio.to_thread(supervisor.stop)
+            await asyncio.to_thread(supervisor.drain)
             await asyncio.to_thread(store.close)
 
     app = FastAPI(
