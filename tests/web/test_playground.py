@@ -269,10 +269,12 @@ def test_image_to_image_from_a_chosen_or_dropped_file(
 
 def test_a_lora_and_its_scale_reach_the_image(playground: Playground, http: httpx.Client) -> None:
     playground.page.select_option("#lora", LORA)
-    playground.fill(prompt="a blue square", lora_scale=0.5, **SMALL)
+    # Beyond Latin-1, so the server writes the parameters as an iTXt chunk (UTF-8).
+    prompt = "a blue square ★ über"
+    playground.fill(prompt=prompt, lora_scale=0.5, **SMALL)
     card = playground.generate()
     [image] = playground.wait_images(card, 1)
-    assert playground.parameter(image, "Prompt") == f"a blue square <lora:{LORA}:0.5>"
+    assert playground.parameter(image, "Prompt") == f"{prompt} <lora:{LORA}:0.5>"
     sent = _job(http, card)["input"]
     assert (sent["lora"], sent["lora_scale"]) == (LORA, 0.5)
 
@@ -344,6 +346,11 @@ def test_recent_jobs_come_back_after_a_reload(playground: Playground) -> None:
     for job_id, prompt in [(first_id, "a green star"), (second_id, "a yellow circle")]:
         [image] = playground.wait_images(playground.job(job_id), 1)
         assert playground.parameter(image, "Prompt").startswith(prompt)
+    # The form is fresh after the reload; a job's settings can be taken back into it.
+    playground.job(second_id).locator(".reuse").click()
+    assert page.input_value("#prompt") == "a yellow circle on a black background"
+    assert page.input_value("#num_inference_steps") == str(SMALL["num_inference_steps"])
+    assert page.input_value("#seed") == "1"
     # A job still running is followed again, and can be cancelled.
     running = playground.job(running_id)
     expect(running.locator(".progress-text")).to_contain_text("/500", timeout=JOB_TIMEOUT_MS)
