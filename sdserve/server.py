@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from sdserve import __version__, metrics
-from sdserve.api import files, loras, probes, runpod
+from sdserve.api import files, loras, playground, probes, runpod
 from sdserve.api import metrics as api_metrics
 from sdserve.api.auth import KeyChecker
 from sdserve.api.context import ApiContext
@@ -193,7 +193,13 @@ def create_app(
     install_error_handlers(app, render_for)
     install_openapi(app)
     routes = RouteTemplates()
-    for router in (files.router, loras.router, probes.router, api_metrics.router):
+    for router in (
+        files.router,
+        loras.router,
+        probes.router,
+        api_metrics.router,
+        playground.router,
+    ):
         routes.include(app, router)
     for dialect in DIALECTS:
         for router, prefix in dialect.routers:

@@ -36,6 +36,10 @@ class RunPodInput(BaseModel):
     prompt_strength: float = Field(default=0.8, ge=0, le=1)
     scheduler: Scheduler | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    lora: str | None = None
+    """Beyond RunPod's fields: an installed LoRA by name (`GET /v1/loras`), as DeepInfra's."""
+    lora_scale: float = Field(default=1.0, ge=0, le=2)
+    """How strongly the LoRA applies (ModelsLab's `lora_strength` range)."""
 
 
 class RunPodPolicy(BaseModel):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.engine.helpers import save_random_lora
-from tests.helpers import ServerProcess, decode_png, running_server
+from tests.helpers import ServerProcess, decode_png, image_from_output, running_server
 
 KEY = "lora-test-key"
 FAST = {"width": 128, "height": 128, "num_inference_steps": 3, "seed": 77, "prompt": "a cat"}
@@ -85,3 +85,25 @@ def test_modelslab_lora_model_uses_the_registry(http: httpx.Client) -> None:
         answer = _modelslab(http, **fields).json()
         assert answer["status"] == "error" and "lora_model" in answer["message"], answer
         assert rule in answer["message"]
+
+
+def _runpod(http: httpx.Client, **fields: Any) -> httpx.Response:
+    return http.post("/v2/default/runsync", json={"input": {**FAST, **fields}})
+
+
+def test_runpod_input_takes_a_lora_and_its_scale(http: httpx.Client) -> None:
+    answers = [_runpod(http), _runpod(http, lora="ink", lora_scale=0.8)]
+    for answer in answers:
+        assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED", answer.text
+    plain, with_lora = (image_from_output(http, a.json()["output"][0]["image"]) for a in answers)
+    assert not np.array_equal(plain, with_lora)
+    assert answers[1].json()["input"]["lora"] == "ink"
+    refusals: list[tuple[dict[str, Any], str, str]] = [
+        ({"lora": "nope"}, "input.lora", "installed: ink"),
+        ({"lora": "ink", "lora_scale": 3}, "input.lora_scale", "less than or equal to 2"),
+    ]
+    for fields, field, rule in refusals:
+        refused = _runpod(http, **fields)
+        assert refused.status_code == 400
+        [error] = refused.json()["errors"]
+        assert error["field"] == field and rule in error["message"], error
