@@ -36,6 +36,12 @@ class RunPodInput(BaseModel):
     prompt_strength: float = Field(default=0.8, ge=0, le=1)
     scheduler: Scheduler | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    # Beyond the RunPod worker's input: the LoRA fields every other dialect has (DeepInfra's
+    # `lora`, ModelsLab's `lora_model` and `lora_strength`), which `sdserve generate` sends.
+    lora: str | None = None
+    """Name of an installed LoRA (`GET /v1/loras`), applied to this request only."""
+    lora_scale: float = Field(default=1.0, ge=0, le=2)
+    """How strongly the LoRA applies (0: not at all)."""
 
 
 class RunPodPolicy(BaseModel):

@@ -85,3 +85,26 @@ def test_modelslab_lora_model_uses_the_registry(http: httpx.Client) -> None:
         answer = _modelslab(http, **fields).json()
         assert answer["status"] == "error" and "lora_model" in answer["message"], answer
         assert rule in answer["message"]
+
+
+def _runpod(http: httpx.Client, **fields: Any) -> httpx.Response:
+    return http.post("/v2/default/runsync", json={"input": {**FAST, **fields}})
+
+
+def test_runpod_lora_and_its_scale_act_as_deepinfras(http: httpx.Client) -> None:
+    def image(**fields: Any) -> np.ndarray[Any, Any]:
+        answer = _runpod(http, **fields)
+        assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED", answer.text
+        return decode_png(http.get(answer.json()["output"][0]["image"]).content)
+
+    assert np.array_equal(image(lora="ink"), _deepinfra(http, lora="ink"))
+    assert np.array_equal(image(lora="ink", lora_scale=0), image())
+    refused = _runpod(http, lora="nope", lora_scale=3)
+    assert refused.status_code == 400
+    fields = {e["field"]: e["message"] for e in refused.json()["errors"]}
+    assert (
+        list(fields) == ["input.lora_scale"]
+        and "less than or equal to 2" in fields["input.lora_scale"]
+    )
+    unknown = _runpod(http, lora="nope")
+    assert unknown.status_code == 400 and "installed: ink" in unknown.json()["error"]
