@@ -1,4 +1,4 @@
-"""The `sdserve` command line: `serve`, `worker`, `db upgrade` and `--version`."""
+"""The `sdserve` command line: `serve`, `worker`, `db upgrade`, `generate` and `--version`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sdserve.client.command import generate
 from sdserve.settings import InvalidSettings, OutputFormat, Settings, read_settings
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Job database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.command()(generate)
 
 DataDir = Annotated[
     Path | None,
