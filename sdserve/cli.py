@@ -1,7 +1,8 @@
-"""The `sdserve` command line: `serve`, `worker` and `db upgrade`."""
+"""The `sdserve` command line: `serve`, `worker`, `db upgrade`, `generate` and `--version`."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import signal
 import socket
 import threading
@@ -12,9 +13,9 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from sdserve.settings import OutputFormat, Settings
+from sdserve.client.command import generate
+from sdserve.settings import InvalidSettings, OutputFormat, Settings, read_settings
 
 app = typer.Typer(
     help="sdserve: a self-hosted Stable Diffusion inference server.",
@@ -23,10 +24,14 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Job database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.command()(generate)
 
 DataDir = Annotated[
     Path | None,
-    typer.Option(help="Folder for jobs and images [default: ./sdserve-data]."),
+    typer.Option(
+        help="Folder for the SQLite job database (unless --database), images and keys"
+        " (env SDSERVE_DATA_DIR) [default: ./sdserve-data]."
+    ),
 ]
 Models = Annotated[
     list[str] | None,
@@ -34,41 +39,52 @@ Models = Annotated[
         "--model",
         metavar="SOURCE|NAME=SOURCE",
         help="Model SOURCE for the default endpoint, or NAME=SOURCE; SOURCE is a hub id, a"
-        " diffusers folder or a .safetensors file. Repeatable. [default: the built-in demo"
-        " model]",
+        " diffusers folder or a .safetensors file. Repeatable (env SDSERVE_MODEL,"
+        " comma-separated) [default: the built-in demo model].",
     ),
 ]
 ModelsFile = Annotated[
-    Path | None, typer.Option(help="TOML file of models, one [models.NAME] table each.")
+    Path | None,
+    typer.Option(
+        help="TOML file of models, one [models.NAME] table each (env SDSERVE_MODELS_FILE)."
+    ),
 ]
 Database = Annotated[
     str | None,
     typer.Option(
         metavar="postgresql://...",
-        help="PostgreSQL shared by every node (env SDSERVE_DATABASE) [default: SQLite in the"
-        " data dir].",
+        help="PostgreSQL database shared by every node (env SDSERVE_DATABASE); only a"
+        " postgresql:// URL is taken. Without it, jobs live in SQLite in the data dir.",
     ),
 ]
 Storage = Annotated[
     str | None,
     typer.Option(
         metavar="s3://BUCKET[/PREFIX]?endpoint_url=...",
-        help="S3-compatible bucket for images (env SDSERVE_STORAGE) [default: the data dir].",
+        help="S3-compatible bucket for images (env SDSERVE_STORAGE); only an s3:// URL is"
+        " taken. Without it, images live in the data dir.",
     ),
 ]
-Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N [default: auto].")]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (CUDA if present), cpu, cuda or cuda:N (env SDSERVE_DEVICE) [default: auto]."
+    ),
+]
 Queues = Annotated[
     list[str] | None,
     typer.Option(
         "--queue",
         metavar="MODEL",
-        help="Take only this model's jobs; repeatable [default: every configured model].",
+        help="Take only this model's jobs; repeatable (env SDSERVE_QUEUES, comma-separated)"
+        " [default: every configured model].",
     ),
 ]
 Threads = Annotated[
     int | None,
     typer.Option(
-        help="torch CPU threads per worker [default: the cores, shared between the busy workers]."
+        help="torch CPU threads per worker, fixed (env SDSERVE_CPU_THREADS) [default: the"
+        " cores, shared between the busy workers]."
     ),
 ]
 MaxBatch = Annotated[
@@ -121,16 +137,38 @@ FuseQkv = Annotated[
 ]
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"sdserve {_version()}")
+        raise typer.Exit()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sdserve")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        from sdserve import __version__
+
+        return __version__
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """sdserve: a self-hosted Stable Diffusion inference server."""
 
 
 def _settings(flags: dict[str, Any]) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     try:
-        return Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
+        return read_settings(flags)
+    except InvalidSettings as exc:
         raise typer.BadParameter(str(exc)) from None
 
 
@@ -138,7 +176,10 @@ def _settings(flags: dict[str, Any]) -> Settings:
 def serve(
     host: Annotated[
         str | None,
-        typer.Option(help="Address to listen on [default: 127.0.0.1; env SDSERVE_HOST]."),
+        typer.Option(
+            help="Address to listen on; any but a loopback one needs --api-key [default:"
+            " 127.0.0.1; env SDSERVE_HOST]."
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option(help="TCP port [default: 8000; env SDSERVE_PORT].")
@@ -150,14 +191,15 @@ def serve(
         list[str] | None,
         typer.Option(
             metavar="KEY",
-            help="Accepted API key; repeatable (env SDSERVE_API_KEYS, comma-separated).",
+            help="Accepted API key; repeatable (env SDSERVE_API_KEYS, comma-separated)"
+            " [default: none: no key needed, on a loopback address only].",
         ),
     ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Worker processes to start; 0 for an API-only node [default: 2 on a CPU,"
-            " sharing its cores; 1 on a GPU]."
+            help="Worker processes to start; 0 for an API-only node (env SDSERVE_WORKERS)"
+            " [default: 2 on a CPU, sharing its cores (1 with one core); 1 on a GPU]."
         ),
     ] = None,
     api_workers: Annotated[
@@ -177,14 +219,24 @@ def serve(
     log_format: LogFormat = None,
     output_format: Annotated[
         OutputFormat | None,
-        typer.Option(help="url (signed, expiring links) or base64 (inline) [default: url]."),
+        typer.Option(
+            help="url (signed, expiring links) or base64 (inline) (env SDSERVE_OUTPUT_FORMAT)"
+            " [default: url]."
+        ),
     ] = None,
     result_ttl: Annotated[
         float | None,
-        typer.Option(help="Seconds finished jobs and their images are kept [default: 1800]."),
+        typer.Option(
+            help="Seconds finished jobs and their images are kept (env SDSERVE_RESULT_TTL_S)"
+            " [default: 1800]."
+        ),
     ] = None,
     public_url: Annotated[
-        str | None, typer.Option(help="Base URL clients use, for image links.")
+        str | None,
+        typer.Option(
+            help="Base URL clients use, for image links (env SDSERVE_PUBLIC_URL) [default:"
+            " the address each request came to]."
+        ),
     ] = None,
     compile: Compile = None,
     channels_last: ChannelsLast = None,
@@ -253,7 +305,9 @@ def worker(
     ] = None,
     host: Annotated[
         str | None,
-        typer.Option(help="Address the metrics port listens on [default: 127.0.0.1]."),
+        typer.Option(
+            help="Address the metrics port listens on (env SDSERVE_HOST) [default: 127.0.0.1]."
+        ),
     ] = None,
     compile: Compile = None,
     channels_last: ChannelsLast = None,
@@ -323,8 +377,9 @@ def _drain_then_exit(stop: threading.Event) -> Callable[[int, FrameType | None],
 
 @db_app.command("upgrade")
 def db_upgrade(database: Database = None, data_dir: DataDir = None) -> None:
-    """Create or upgrade the job database's schema: PostgreSQL with --database, else the data
-    folder's SQLite file (safe while other nodes run or start; they also do it at start)."""
+    """Create or upgrade the job database's schema and print the revisions applied: the
+    PostgreSQL database of --database (or SDSERVE_DATABASE), else the SQLite file in the data
+    dir. Safe while other nodes run or start; `serve` and `worker` also do it at start."""
     from sdserve.jobs.backends import upgrade_database
 
     applied = upgrade_database(_settings({"database": database, "data_dir": data_dir}))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import limits
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OutputFormat = Literal["url", "base64"]
@@ -232,3 +233,28 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+
+class InvalidSettings(ValueError):
+    """Settings that break a rule; the message names each bad one, on one line."""
+
+
+def read_settings(given: Mapping[str, Any]) -> Settings:
+    """The settings of the environment, overridden by the values `given` (None: not given)."""
+    try:
+        return Settings(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:
+        raise InvalidSettings(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "default_factory_not_called":
+            continue  # a default computed from a setting that is itself bad: said already
+        name = ".".join(map(str, error["loc"]))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not message.startswith(name):  # the validators' own messages name the setting
+            message = f"{name}: {message} (got {error['input']!r})"
+        problems.append(message)
+    return "; ".join(problems)

@@ -107,3 +107,22 @@ def test_runpod_input_takes_a_lora_and_its_scale(http: httpx.Client) -> None:
         assert refused.status_code == 400
         [error] = refused.json()["errors"]
         assert error["field"] == field and rule in error["message"], error
+
+
+def test_runpod_lora_and_its_scale_act_as_deepinfras(http: httpx.Client) -> None:
+    def image(**fields: Any) -> np.ndarray[Any, Any]:
+        answer = _runpod(http, **fields)
+        assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED", answer.text
+        return decode_png(http.get(answer.json()["output"][0]["image"]).content)
+
+    assert np.array_equal(image(lora="ink"), _deepinfra(http, lora="ink"))
+    assert np.array_equal(image(lora="ink", lora_scale=0), image())
+    refused = _runpod(http, lora="nope", lora_scale=3)
+    assert refused.status_code == 400
+    fields = {e["field"]: e["message"] for e in refused.json()["errors"]}
+    assert (
+        list(fields) == ["input.lora_scale"]
+        and "less than or equal to 2" in fields["input.lora_scale"]
+    )
+    unknown = _runpod(http, lora="nope")
+    assert unknown.status_code == 400 and "installed: ink" in unknown.json()["error"]

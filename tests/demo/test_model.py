@@ -12,10 +12,11 @@ from PIL import Image
 
 from sdserve.canonical import SCHEDULER_NAMES, GenerationRequest
 from sdserve.demo.evaluate import fresh_scenes, score
-from sdserve.engine.generate import generate, working_size
+from sdserve.engine.generate import generate, generate_batch, working_size
 from sdserve.engine.pipelines import PipelineSet, load_pipelines
 from sdserve.registry import DEFAULT_MODEL, DEMO_GUIDANCE, DEMO_MODEL_DIR, load_registry
 from tests.engine.helpers import ignore_steps, init_image, make_request, pixels, square_mask
+from tests.helpers import assert_batched_matches_alone
 
 MODES = ("txt2img", "img2img", "inpaint")
 
@@ -96,15 +97,23 @@ def test_the_same_seed_draws_the_same_image(demo: PipelineSet) -> None:
     assert (pixels(first.image) == pixels(again.image)).all()
 
 
-@pytest.mark.parametrize("mode", ["txt2img", "img2img"])
-def test_several_images_in_one_call_are_each_their_seeds_image(
-    demo: PipelineSet, mode: str
-) -> None:
-    # The guidance cutoff drops the unconditional half of every image's embeddings, not of one.
-    batch = generate(demo, _request(mode, 128, 128, seed=40, num_outputs=3), ignore_steps)
-    assert [image.seed for image in batch] == [40, 41, 42]
-    for image in batch:
-        [alone] = generate(demo, _request(mode, 128, 128, seed=image.seed), ignore_steps)
-        # Batched sums run in another order: within one level (README, Seeds).
-        difference = np.abs(pixels(image.image).astype(int) - pixels(alone.image).astype(int))
-        assert difference.max() <= 1
+@pytest.mark.parametrize("mode", MODES)
+def test_several_images_of_a_request_pass_the_guidance_cutoff(demo: PipelineSet, mode: str) -> None:
+    # The demo model stops guiding after 40% of the steps; a batch keeps each image's prompt.
+    request = _request(mode, 128, 128, seed=40, num_outputs=2, num_inference_steps=5)
+    made = generate(demo, request, ignore_steps)
+    assert [result.seed for result in made] == [40, 41]
+    for result in made:
+        [alone] = generate(
+            demo, request.model_copy(update={"seed": result.seed, "num_outputs": 1}), ignore_steps
+        )
+        assert_batched_matches_alone(pixels(result.image), pixels(alone.image))
+
+
+def test_requests_batched_together_pass_the_guidance_cutoff(demo: PipelineSet) -> None:
+    first = _request("txt2img", 128, 128, seed=7, num_inference_steps=5)
+    second = first.model_copy(update={"prompt": "a red circle on a blue background", "seed": 8})
+    made = generate_batch(demo, [first, second], ignore_steps)
+    for request, [result] in zip([first, second], made, strict=True):
+        [alone] = generate(demo, request, ignore_steps)
+        assert_batched_matches_alone(pixels(result.image), pixels(alone.image))
