@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from sdserve import __version__, metrics
-from sdserve.api import files, loras, playground, probes, runpod
+from sdserve.api import docs, files, loras, playground, probes, runpod
 from sdserve.api import metrics as api_metrics
 from sdserve.api.auth import KeyChecker
 from sdserve.api.context import ApiContext
@@ -186,18 +186,21 @@ def create_app(
         title="sdserve",
         version=__version__,
         lifespan=lifespan if replica is None else replica_lifespan,
+        docs_url=None,  # api/docs.py serves /docs and /redoc from the package, not a CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.supervisor = supervisor
     render_for = renderer_for({p: r for d in DIALECTS for p, r in d.error_shapes.items()})
-    install_error_handlers(app, render_for)
-    install_openapi(app)
     routes = RouteTemplates()
+    install_error_handlers(app, render_for, routes.path)
+    install_openapi(app)
     for router in (
         files.router,
         loras.router,
         probes.router,
         api_metrics.router,
+        docs.router,
         playground.router,
     ):
         routes.include(app, router)

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.types import Scope
 
 from sdserve.api.auth import Unauthorized
 from sdserve.jobs.errors import InvalidInput, InvalidInputs, JobError, TooMany
@@ -129,15 +129,15 @@ def renderer_for(shapes: dict[str, ErrorRenderer]) -> RendererFor:
     return pick
 
 
-def install_error_handlers(app: FastAPI, render_for: RendererFor) -> None:
-    """Answer errors in the shape `render_for` picks for the request's path."""
+def install_error_handlers(
+    app: FastAPI, render_for: RendererFor, route_path: Callable[[Scope], str]
+) -> None:
+    """Answer errors in the shape `render_for` picks for the request's `route_path`: its route's
+    template, prefix included, when a route answers it (a RunPod endpoint named `images`,
+    /v1/images/run, is RunPod's, though its path starts like OpenAI's), else its path."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        # The matched route's template, when there is one: a RunPod endpoint named `images`
-        # (/v1/images/run) is RunPod's, though its path starts like OpenAI's.
-        route = request.scope.get("route")
-        path = route.path if isinstance(route, Route) else request.url.path
-        return render_for(path)(_api_error(request, exc))
+        return render_for(route_path(request.scope))(_api_error(request, exc))
 
     for kind in (RequestValidationError, JobError, Unauthorized, HTTPException, Exception):
         app.add_exception_handler(kind, handle)

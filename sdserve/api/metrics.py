@@ -126,6 +126,11 @@ class RouteTemplates:
                 return template
         return UNMATCHED
 
+    def path(self, scope: Scope) -> str:
+        """The request's route template, else (no route answers it) its path."""
+        template = self.template(scope)
+        return scope["path"] if template == UNMATCHED else str(template)
+
 
 class HttpMetricsMiddleware:
     """Observes each HTTP request's duration, to the end of its answer, by method, route

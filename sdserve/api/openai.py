@@ -1,4 +1,5 @@
-"""OpenAI images dialect: /v1/images/generations, /v1/images/edits and /v1/models."""
+"""OpenAI images dialect: /v1/images/generations, /v1/images/edits and /v1/models, also under
+DeepInfra's OpenAI-compatible base /v1/openai."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ async def _answer(caller: Caller, job: Job, response_format: ResponseFormat) -> 
 
 
 @router.post(
-    "/v1/images/generations",
+    "/images/generations",
     response_model=ImagesResponse,
     responses=_GENERATES,
     openapi_extra=OPENAPI_EXTRA,
@@ -124,14 +125,15 @@ async def create_image(
 
 
 @router.post(
-    "/v1/images/edits",
+    "/images/edits",
     response_model=ImagesResponse,
     responses=_GENERATES,
     openapi_extra=OPENAPI_EXTRA,
     **_OMIT_UNSET,
 )
 async def edit_image(
-    form: Annotated[ImageEditRequest, Form()], caller: Caller = Depends(get_caller)
+    form: Annotated[ImageEditRequest, Form(media_type="multipart/form-data")],
+    caller: Caller = Depends(get_caller),
 ) -> dict[str, Any]:
     """Repaint an image where its mask is transparent (the whole image without a mask)."""
     image = await form.image.read()
@@ -147,7 +149,7 @@ async def edit_image(
     return await _answer(caller, job, form.response_format)
 
 
-@router.get("/v1/models", response_model=ModelList, responses=_ERRORS.responses(*AUTHENTICATED))
+@router.get("/models", response_model=ModelList, responses=_ERRORS.responses(*AUTHENTICATED))
 def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Every model name and alias images can be asked of."""
     data = [
@@ -159,7 +161,7 @@ def list_models(caller: Caller = Depends(get_caller)) -> dict[str, Any]:
 
 
 @router.get(
-    "/v1/models/{model:path}",
+    "/models/{model:path}",
     response_model=ModelCard,
     responses=_ERRORS.responses(*AUTHENTICATED, 404),
 )
@@ -169,8 +171,11 @@ def retrieve_model(model: str, caller: Caller = Depends(get_caller)) -> dict[str
     return render_model(model, spec, _STARTED)
 
 
+BASES = ("/v1", "/v1/openai")
+"""Where the calls are served: OpenAI's base, and DeepInfra's OpenAI-compatible one."""
+
 DIALECT = Dialect(
     name=NAME,
-    routers=[(router, "")],
-    error_shapes={"/v1/images": render_error, "/v1/models": render_error},
+    routers=[(router, base) for base in BASES],
+    error_shapes={base + path: render_error for base in BASES for path in ("/images", "/models")},
 )

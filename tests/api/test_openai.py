@@ -141,6 +141,32 @@ def test_models_list_names_every_model_and_alias(sdk: OpenAI) -> None:
     assert sdk.models.retrieve("stable-diffusion-v1").id == "stable-diffusion-v1"
 
 
+def test_deepinfra_openai_base_answers_as_v1(sdk: OpenAI, server: ServerProcess) -> None:
+    """DeepInfra's users point the client at its OpenAI-compatible base, /v1/openai."""
+    base = f"{server.url}/v1/openai"
+    with OpenAI(base_url=base, api_key=API_KEY, timeout=120) as deepinfra:
+        body = {"num_inference_steps": 2, "seed": 7}
+        kwargs: dict[str, Any] = {"prompt": "a red circle", "size": "128x128", "extra_body": body}
+        there = deepinfra.images.generate(response_format="b64_json", **kwargs)
+        here = sdk.images.generate(response_format="b64_json", **kwargs)
+        assert there.data is not None and here.data is not None
+        assert [(image.model_extra or {}).get("seed") for image in there.data] == [7]
+        assert np.array_equal(b64_pixels(there.data[0].b64_json), b64_pixels(here.data[0].b64_json))
+        linked = deepinfra.images.generate(response_format="url", **kwargs)
+        assert linked.data is not None and linked.data[0].url is not None
+        assert httpx.get(linked.data[0].url).headers["content-type"] == "image/png"
+        assert [m.id for m in deepinfra.models.list()] == [m.id for m in sdk.models.list()]
+        assert deepinfra.models.retrieve("stable-diffusion-v1").id == "stable-diffusion-v1"
+        with pytest.raises(openai.BadRequestError) as caught:
+            deepinfra.images.generate(prompt="p", size="100x100")
+        assert caught.value.param == "size" and caught.value.type == "invalid_request_error"
+        with pytest.raises(openai.NotFoundError) as missing:
+            deepinfra.models.retrieve("dall-e-3")
+        assert missing.value.code == "model_not_found"
+    with OpenAI(base_url=base, api_key="wrong") as wrong, pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "param", "rule"),
     [

@@ -26,7 +26,7 @@ from tests.conftest import API_KEY
 from tests.helpers import ServerProcess, free_port, running_server
 
 EXAMPLES_PER_CALL = 8
-"""Cases per operation (there are 44): a few hundred in all, under two minutes on two cores."""
+"""Cases per operation (there are 48): a few hundred in all, under two minutes on two cores."""
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 COSTLY = {
     "num_inference_steps": 2, "num_outputs": 2, "num_images": 2, "samples": 2, "n": 2,
@@ -160,6 +160,6 @@ def test_every_submitting_call_declares_the_idempotency_key(fuzzed: ServerProces
         "/api/v4/dreambooth/inpaint",
     ]
     runpod = [f"/{v}/{{endpoint}}/{c}" for v in ("v1", "v2") for c in ("run", "runsync")]
-    openai = ["/v1/images/generations", "/v1/images/edits"]
+    openai = [f"{b}/images/{c}" for b in ("/v1", "/v1/openai") for c in ("generations", "edits")]
     expected = {f"POST {p}" for p in [*modelslab, *runpod, *openai, "/v1/inference/{model}"]}
     assert declaring == expected
