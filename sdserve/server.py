@@ -241,8 +241,11 @@ def serve(settings: Settings) -> None:
         # that let this function clean up and return (the defaults would kill or raise here).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: None)
-        _DrainingServer(config, supervisor).run(sockets=[listener])
-        supervisor.stop()  # after a forced stop, which skips the app's shutdown: jobs requeued
+        server = _DrainingServer(config, supervisor)
+        server.run(sockets=[listener])
+        if server.force_exit:  # uvicorn skipped the app's shutdown: what it would have done
+            supervisor.stop()  # the running jobs go back to the queue
+            app.state.ctx.service.close_processes()
     finally:
         if replicas is not None:
             replicas.stop()

@@ -284,6 +284,10 @@ class JobService:
 
     async def close(self) -> None:
         await self._watcher.close()
+        self.close_processes()
+
+    def close_processes(self) -> None:
+        """Stop the image-decoding processes (all `close` does outside the event loop)."""
         self._limits.images.close()
 
 

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from ctypes import c_byte
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.synchronize import Semaphore
+from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
         warm_up(cache.get(spec))  # compiles now, if the model is compiled
     except Exception:
         log.exception("could not load the default model %s; its jobs will fail", spec.name)
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _share_cpu_cores(
@@ -178,6 +183,10 @@ def worker_main(
         # Ctrl-C reaches the whole process group; the server stops its workers itself (and
         # must not take the interrupted worker for one its job killed).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The server's stop: exit through Python (not at once), so what the libraries made
+        # is released, e.g. the semaphore tqdm's progress bars create, which would be
+        # reported leaked.
+        signal.signal(signal.SIGTERM, _exit_at_once)
     # Imported here so that the API process, which imports this module, never loads torch.
     from sdserve.engine.cache import GIB, PipelineCache
     from sdserve.engine.pipelines import resolve_device
