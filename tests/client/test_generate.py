@@ -175,7 +175,7 @@ def test_with_no_server_the_demo_model_draws_the_prompt(tmp_path: Path) -> None:
     ("options", "expected"),
     [
         (["--steps", "0"], "error: --steps: Input should be greater than or equal to 1 (got 0)"),
-        (["--scheduler", "fastest"], "error: --scheduler: must be one of DDIM, DDPM,"),
+        (["--scheduler", "fastest"], "error: --scheduler: must name a sampler: one of DDIM, DDPM,"),
         (["--size", "12x"], "error: --size: must be WIDTHxHEIGHT"),
         (["--width", "100"], "error: --width: must be a multiple of 8 between 128 and"),
         (["-o", "out.jpg"], "error: --output: must name a .png file or a folder"),
