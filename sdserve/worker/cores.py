@@ -88,8 +88,9 @@ class CoreShare:
         state = self._states[self._slot]
         self._states[self._slot] = GENERATING
         try:
-            if not self._fixed and self.share() != self._threads:
-                self._set_threads(self.share())
+            share = self.share()
+            if not self._fixed and share != self._threads:
+                self._set_threads(share)
             yield
         finally:
             self._states[self._slot] = state

@@ -91,13 +91,19 @@ def test_a_busy_port_fails_at_once_before_any_worker_starts(tmp_path: Path) -> N
     assert not (tmp_path / "second").exists()  # nothing was set up before the port failed
 
 
-def test_sigterm_drains_the_running_job_and_exits_cleanly(tmp_path: Path) -> None:
+def _sigterm_during_a_job(tmp_path: Path) -> tuple[ServerProcess, httpx.Client, str]:
+    """A started server, a client of it and the id of its running job, once SIGTERM is sent."""
     server = ServerProcess(data_dir=tmp_path / "data", args=[])
     server.start()
     client = httpx.Client(base_url=server.url, timeout=30)
     job_id = _long_job(client)
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
+    return server, client, job_id
+
+
+def test_sigterm_drains_the_running_job_and_exits_cleanly(tmp_path: Path) -> None:
+    server, client, job_id = _sigterm_during_a_job(tmp_path)
     assert _exit_code(server) == 0, server.log()
     log = server.log()
     assert "Traceback" not in log and "leaked semaphore" not in log, log
@@ -112,13 +118,9 @@ def test_sigterm_drains_the_running_job_and_exits_cleanly(tmp_path: Path) -> Non
 
 
 def test_a_second_signal_stops_at_once_and_the_job_runs_after_a_restart(tmp_path: Path) -> None:
-    server = ServerProcess(data_dir=tmp_path / "data", args=[])
-    server.start()
-    client = httpx.Client(base_url=server.url, timeout=30)
-    job_id = _long_job(client)
-    assert server.process is not None
-    server.process.send_signal(signal.SIGTERM)
+    server, client, job_id = _sigterm_during_a_job(tmp_path)
     wait_for_text(server, "draining")
+    assert server.process is not None
     server.process.send_signal(signal.SIGINT)
     assert _exit_code(server, 60) == 0, server.log()
     assert "Traceback" not in server.log() and "leaked semaphore" not in server.log()
