@@ -14,7 +14,8 @@ import httpx
 import pytest
 import torch
 
-from sdserve.worker.cores import GENERATING, IDLE, CoreShare
+from sdserve.worker import cores
+from sdserve.worker.cores import GENERATING, HOLDING, IDLE, CoreShare
 from tests.helpers import ServerProcess, wait_for
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores or more")
@@ -57,6 +58,33 @@ def test_a_call_takes_its_share_and_gives_threads_back_when_others_start(
     assert share.others_generating()
     sharing([object()], lambda done, total: None)  # type: ignore[list-item]
     assert seen[0] == CORES // 2  # a call starting beside a busy worker takes half
+
+
+def test_a_batch_of_several_jobs_starts_on_its_share_and_grows_once_the_others_stay_idle(
+    restore_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cores, "GROW_AFTER_S", 0.05)
+    states = [IDLE, IDLE]
+    share = CoreShare(states, 0)
+    seen: list[int] = []
+
+    def generate(requests: list[object], on_step: Callable[[int, int], None]) -> list[list[object]]:
+        for step in range(1, 7):
+            seen.append(torch.get_num_threads())
+            if step == 2:
+                states[1] = HOLDING  # the other worker claims jobs: this call keeps its share
+            if step == 3:
+                states[1] = IDLE
+            if step == 4:
+                time.sleep(0.1)  # ... and stays idle past GROW_AFTER_S
+            on_step(step, 6)
+        return [[] for _ in requests]
+
+    # Several jobs in one call: the node is under load, so it starts on its share of the
+    # cores though the other worker is idle at this instant.
+    share.sharing(generate)([object(), object()], lambda done, total: None)  # type: ignore[arg-type,list-item]
+    half = CORES // 2
+    assert seen == [half, half, half, half, CORES, CORES]
 
 
 def test_fixed_threads_never_change(restore_threads: None) -> None:
@@ -125,7 +153,7 @@ def test_default_cpu_server_shares_cores_between_its_two_workers(
                 )
             )
         assert all(a["status"] == "COMPLETED" for a in answers), answers
-        assert re.search(rf": {CORES // 2} torch thread\(s\), 2 of 2 workers busy", server.log())
+        assert re.search(rf": {CORES // 2} torch thread\(s\), [12] of 2 workers busy", server.log())  # or a batch
 
         # A worker killed in the middle of a call leaves no stale share behind.
         long = client.post("/v2/default/run", json=_body(2, steps=500)).json()
