@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     """A request's images in one batched pipeline call (each reproduces alone with its seed to
     within a level of 255; inpainting always one call per image); off, one call per image,
     bit-exact."""
+    preview_every: int = Field(default=5, ge=0, le=1000)
+    """A running job's preview (engine/previews.py) is made every this many denoising steps,
+    for the readers of its event stream; 0: no previews."""
     max_batch: int | None = Field(default=None, ge=1, le=64)
     """Images a worker makes in one pipeline call from queued jobs that share model, size,
     steps, sampler, guidance, LoRA and image count (plain text-to-image); 1 runs each job

@@ -3,16 +3,22 @@ DeepInfra's OpenAI-compatible base /v1/openai."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import Caller, get_caller
 from sdserve.api.dialect import Dialect
+from sdserve.api.events import PING_S, follow
 from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.openai_protocol import (
+    CompletedEvent,
     ImageData,
     ImageEditRequest,
     ImageGenerationRequest,
@@ -21,6 +27,7 @@ from sdserve.api.openai_protocol import (
     ModelCard,
     ModelList,
     OpenAIError,
+    PartialImageEvent,
     ResponseFormat,
     render_error,
     render_images,
@@ -108,20 +115,104 @@ async def _answer(caller: Caller, job: Job, response_format: ResponseFormat) -> 
     return await run_in_threadpool(render_images, job, image_data)
 
 
+_STREAM_DOC = """With `stream: true`: server-sent events in OpenAI's shapes, each event's
+`data` one of these JSON objects: up to `partial_images` previews while the image forms
+(`image_generation.partial_image`), then one `image_generation.completed` per image; a failed
+job ends the stream with `{"error": {...}}`."""
+
+
 @router.post(
     "/images/generations",
     response_model=ImagesResponse,
-    responses=_GENERATES,
+    responses={
+        **_GENERATES,
+        200: {
+            "description": "The images; with `stream: true`, events (see the 200 answer's "
+            "text/event-stream).",
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "description": _STREAM_DOC,
+                        "anyOf": [
+                            PartialImageEvent.model_json_schema(),
+                            CompletedEvent.model_json_schema(),
+                        ],
+                    }
+                }
+            },
+        },
+    },
     openapi_extra=OPENAPI_EXTRA,
     **_OMIT_UNSET,
 )
 async def create_image(
     body: ImageGenerationRequest, caller: Caller = Depends(get_caller)
-) -> dict[str, Any]:
-    """Generate `n` images from a prompt; answers when they are ready."""
+) -> dict[str, Any] | EventSourceResponse:
+    """Generate `n` images from a prompt; answers when they are ready, or, with `stream:
+    true`, as server-sent events: previews while they form, then each image."""
     # prompt_strength only matters with an input image; txt2img ignores it.
     job = await _submit(caller, body, prompt_strength=1.0)
+    if body.stream:
+        return EventSourceResponse(_stream(caller, job, body.partial_images), ping=PING_S)
     return await _answer(caller, job, body.response_format)
+
+
+async def _stream(caller: Caller, job: Job, partial_images: int) -> AsyncIterator[ServerSentEvent]:
+    """OpenAI's image stream: `partial_images` previews spread over the run (the first past
+    1/(n+1) of the steps, the next past 2/(n+1), ...), then every image."""
+    sent = 0
+    async for update in follow(caller.ctx.service, caller.owner, job):
+        job = update.job
+        preview = update.preview
+        due = preview is not None and sent < partial_images
+        if (
+            preview is not None
+            and due
+            and preview.step * (partial_images + 1) >= (preview.total * (sent + 1))
+        ):
+            event = PartialImageEvent(
+                type="image_generation.partial_image",
+                b64_json=base64.b64encode(preview.jpeg).decode(),
+                partial_image_index=sent,
+                **_event_fields(job),
+                output_format="jpeg",
+            )
+            yield ServerSentEvent(event.model_dump_json(), event=event.type)
+            sent += 1
+    if job.status != JobStatus.COMPLETED:
+        # The openai SDK raises an APIError for an event whose data holds `error`.
+        message = f"image generation failed: {job.error or f'the job ended {job.status.value}'}"
+        failure = {"message": message, "type": "server_error", "param": None}
+        error = {"error": {**failure, "code": GenerationFailed.code}}
+        yield ServerSentEvent(json.dumps(error), event="error")
+        return
+    for result in job.outputs:
+        completed = CompletedEvent(
+            type="image_generation.completed",
+            b64_json=await run_in_threadpool(caller.ctx.image_base64, result),
+            **_event_fields(job),
+            output_format="png",
+            usage=_NO_TOKENS,
+        )
+        yield ServerSentEvent(completed.model_dump_json(), event=completed.type)
+
+
+_NO_TOKENS = {
+    "input_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+    "output_tokens": 0,
+    "total_tokens": 0,
+}
+
+
+def _event_fields(job: Job) -> dict[str, Any]:
+    request = job.request
+    return {
+        "created_at": int(job.created_at),
+        "size": f"{request.width}x{request.height}",
+        "quality": "auto",
+        "background": "opaque",
+    }
 
 
 @router.post(

@@ -43,7 +43,7 @@ def _canonical_size(value: str | None) -> str | None:
 
 def _not_streaming(value: bool) -> bool:
     if value:
-        raise ValueError("streaming is not supported: leave stream unset or false")
+        raise ValueError("streaming is supported by /images/generations only: leave it false")
     return value
 
 
@@ -74,12 +74,10 @@ class ImageOptions(BaseModel):
     response_format: ResponseFormat = "url"
     output_format: Literal["png"] = "png"
     """Images are always PNG (with their parameters embedded); other formats are refused."""
-    stream: Annotated[bool, AfterValidator(_not_streaming)] = False
     # Accepted so that clients setting them keep working; they change nothing here.
     quality: str | None = None
     background: str | None = None
     output_compression: int | None = None
-    partial_images: int | None = None
     user: str | None = None
     safety_identifier: str | None = None
     # sdserve's extensions (with the openai SDK: `extra_body={...}`).
@@ -112,6 +110,12 @@ class ImageOptions(BaseModel):
 class ImageGenerationRequest(ImageOptions):
     """The JSON body of `POST /v1/images/generations`."""
 
+    stream: bool = False
+    """Answer with server-sent events: `partial_images` previews as the image forms, then
+    each finished image (`image_generation.partial_image`, `image_generation.completed`)."""
+    partial_images: int = Field(default=0, ge=0, le=3)
+    """Previews to send while streaming (the last few the worker makes, at most one per
+    preview it makes)."""
     style: str | None = None
     moderation: str | None = None
 
@@ -119,6 +123,9 @@ class ImageGenerationRequest(ImageOptions):
 class ImageEditRequest(ImageOptions):
     """The form fields of `POST /v1/images/edits`."""
 
+    stream: Annotated[bool, AfterValidator(_not_streaming)] = False
+    partial_images: int | None = None
+    """Accepted and ignored (edits do not stream)."""
     image: Annotated[UploadFile, BeforeValidator(_one_upload)]
     """The image to edit (the openai SDK sends a list as `image[]`; one image is taken)."""
     mask: Annotated[UploadFile | None, BeforeValidator(_one_upload)] = None
@@ -183,6 +190,34 @@ class ModelList(BaseModel):
 
     object: Literal["list"]
     data: list[ModelCard]
+
+
+class PartialImageEvent(BaseModel):
+    """A preview while the image forms (stream: true); OpenAI's shape."""
+
+    type: Literal["image_generation.partial_image"]
+    b64_json: str
+    """A small JPEG: the latents' cheap RGB projection, 1/8 of the image's side."""
+    partial_image_index: int
+    created_at: int
+    size: str
+    quality: Literal["auto"]
+    background: Literal["opaque"]
+    output_format: Literal["jpeg"]
+
+
+class CompletedEvent(BaseModel):
+    """One finished image (stream: true), one event per image; OpenAI's shape."""
+
+    type: Literal["image_generation.completed"]
+    b64_json: str
+    created_at: int
+    size: str
+    quality: Literal["auto"]
+    background: Literal["opaque"]
+    output_format: Literal["png"]
+    usage: dict[str, Any]
+    """Tokens mean nothing here: zeros, in OpenAI's shape."""
 
 
 def render_images(job: Job, image_data: ImageData) -> dict[str, Any]:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from sdserve.api.context import ApiContext, Caller, get_caller
 from sdserve.api.dialect import Dialect
 from sdserve.api.errors import ErrorBody
+from sdserve.api.events import PING_S, follow
 from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.openapi import AUTHENTICATED, SUBMITTING, ErrorDocs
 from sdserve.api.runpod_protocol import (
@@ -186,6 +191,60 @@ async def stream(
     if caller.ctx.inline_images and job.status.is_final:
         return await run_in_threadpool(_stream_chunk, caller, job, events)
     return _stream_chunk(caller, job, events)
+
+
+_EVENTS_DOC = """Server-sent events (`text/event-stream`), one per change, until the job ends:
+
+- `progress`: `{"id", "status", "step", "total"}` when the job's status or step changes;
+- `preview`: `{"id", "step", "total", "media_type": "image/jpeg", "image": base64}`, a small
+  preview of the job's first image forming (the latents projected to RGB, 1/8 of the image's
+  side), every few steps;
+- `done`: the job's final state, exactly as `/status` answers it (its output included).
+
+Any number of readers may follow one job; a reader arriving after the end gets `done` at once.
+"""
+
+
+@router.get(
+    _PREFIX + "/events/{job_id}",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": _EVENTS_DOC,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **_READS,
+    },
+)
+async def events(
+    endpoint: str, job_id: str, caller: Caller = Depends(get_caller)
+) -> EventSourceResponse:
+    """The job's progress, previews and end as server-sent events (see the 200 answer)."""
+    job = await caller.ctx.service.read(caller.owner, endpoint, job_id)  # 404 before streaming
+    return EventSourceResponse(_job_events(caller, job), ping=PING_S)
+
+
+async def _job_events(caller: Caller, job: Job) -> AsyncIterator[ServerSentEvent]:
+    async for update in follow(caller.ctx.service, caller.owner, job):
+        job = update.job
+        base = {"id": job.id, "status": job.status.value}
+        if job.status.is_final:
+            body = await run_in_threadpool(_status, caller, job)
+            yield ServerSentEvent(json.dumps(body), event="done")
+            return
+        yield ServerSentEvent(
+            json.dumps({**base, "step": job.progress_step, "total": job.progress_total}),
+            event="progress",
+        )
+        if update.preview is not None:
+            preview = {
+                "id": job.id,
+                "step": update.preview.step,
+                "total": update.preview.total,
+                "media_type": "image/jpeg",
+                "image": base64.b64encode(update.preview.jpeg).decode(),
+            }
+            yield ServerSentEvent(json.dumps(preview), event="preview")
 
 
 def _stream_chunk(caller: Caller, job: Job, events: list[ProgressEvent]) -> dict[str, Any]:

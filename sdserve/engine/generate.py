@@ -15,14 +15,20 @@ from PIL import Image
 from sdserve.canonical import GenerationRequest
 from sdserve.engine.guidance import guidance_cutoff
 from sdserve.engine.pipelines import PipelineSet
+from sdserve.engine.previews import latent_grid, previews
 from sdserve.engine.prompts import weighted_embeddings
 from sdserve.engine.safety import blanked, is_nsfw
 from sdserve.engine.schedulers import make_scheduler, supports_init_image
+from sdserve.families import FamilyName
 from sdserve.loras import find_lora
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
 OnStep = Callable[[int, int], None]
 """Called after every denoising step with (steps done, steps in the whole request)."""
+OnPreview = Callable[[int, int, int, list[Image.Image]], None]
+"""Called every `EngineOptions.preview_every` steps with (steps done, steps in all, the index
+of the pipeline call's first image among the request's or batch's, a cheap preview of each
+image of the call, engine/previews.py)."""
 
 
 class UnsupportedRequest(ValueError):
@@ -43,6 +49,8 @@ class EngineOptions:
     """Make a request's images in one pipeline call (each its own generator: image i still
     reproduces with seed s+i, to within a level of 255); off, one call per image, exact.
     Inpainting always makes one image per call."""
+    preview_every: int = 0
+    """Offer previews of the images forming every this many steps (0: none)."""
 
 
 @dataclass
@@ -78,9 +86,11 @@ def generate(
     request: GenerationRequest,
     on_step: OnStep,
     options: EngineOptions = EngineOptions(),
+    on_preview: OnPreview | None = None,
 ) -> list[GeneratedImage]:
     """Make the request's images (in one batched call unless `options.batch_images` is off),
-    calling `on_step` after every denoising step."""
+    calling `on_step` after every denoising step, and `on_preview` every
+    `options.preview_every` steps."""
     mode = choose_mode(request)
     init = _open_image(request.init_image, "RGB", "init_image", request)
     mask = _open_image(request.mask, "L", "mask", request)
@@ -90,7 +100,7 @@ def generate(
     # the pixels, bench/batch_equivalence.py), so it keeps one call per image.
     batched = options.batch_images and mode != "inpaint"
     calls = [seeds] if batched else [[seed] for seed in seeds]
-    progress = _Progress(on_step, len(calls))
+    progress = _Progress(on_step, len(calls), _previewing(pipes, options, on_preview))
     results = []
     with pipes.loras.applied(pipes.txt2img, lora, request.lora_scale):
         prompts = _prompt_arguments(pipes, request, options)
@@ -109,13 +119,14 @@ def generate_batch(
     requests: list[GenerationRequest],
     on_step: OnStep,
     options: EngineOptions = EngineOptions(),
+    on_preview: OnPreview | None = None,
 ) -> list[list[GeneratedImage]]:
     """The images of several requests that share one `batch_key` (each with its own prompts
     and seeds), made in one pipeline call; each request's images in order.
     `on_step` counts the call's steps. Where one call cannot take them all (prompts weighted
     by compel, a pipeline without batches), the requests run one after another."""
     if len(requests) == 1:
-        return [generate(pipes, requests[0], on_step, options)]
+        return [generate(pipes, requests[0], on_step, options, on_preview)]
     keys = {request.batch_key() for request in requests}
     if None in keys or len(keys) > 1:
         raise ValueError("only requests with one batch_key can share a pipeline call")
@@ -123,14 +134,14 @@ def generate_batch(
     accepted = inspect.signature(pipes.txt2img.__call__).parameters
     weighted = options.compel_everywhere and pipes.family.compel
     if weighted or "num_images_per_prompt" not in accepted or not options.batch_images:
-        return _one_after_another(pipes, requests, on_step, options)
+        return _one_after_another(pipes, requests, on_step, options, on_preview)
     seeds = [r.image_seed(i) for r in requests for i in range(r.num_outputs)]
     prompts: dict[str, Any] = {"prompt": [r.prompt for r in requests for _ in range(r.num_outputs)]}
     if pipes.family.negative_prompt:
         prompts["negative_prompt"] = [
             r.negative_prompt for r in requests for _ in range(r.num_outputs)
         ]
-    progress = _Progress(on_step, 1)
+    progress = _Progress(on_step, 1, _previewing(pipes, options, on_preview))
     with pipes.loras.applied(pipes.txt2img, _lora_file(first, options), first.lora_scale):
         images = iter(_generate(pipes, first, "txt2img", None, None, seeds, progress, prompts))
     return [
@@ -147,11 +158,13 @@ def _one_after_another(
     requests: list[GenerationRequest],
     on_step: OnStep,
     options: EngineOptions,
+    on_preview: OnPreview | None,
 ) -> list[list[GeneratedImage]]:
     """Each request in its own call(s); steps counted across them all (the total supposes
     the requests still to come take as many steps as the last one)."""
     results = []
     done_before = 0
+    images_before = 0
     for index, request in enumerate(requests):
         left = len(requests) - index
         last_total = 0
@@ -161,8 +174,19 @@ def _one_after_another(
             last_total = total
             on_step(before + done, before + total * left)
 
-        results.append(generate(pipes, request, step, options))
+        def preview(
+            done: int,
+            total: int,
+            first: int,
+            images: list[Image.Image],
+            before: int = images_before,
+        ) -> None:
+            if on_preview is not None:
+                on_preview(done, total, before + first, images)
+
+        results.append(generate(pipes, request, step, options, preview))
         done_before += last_total
+        images_before += request.num_outputs
     return results
 
 
@@ -251,7 +275,7 @@ def _generate(
     cutoff = pipes.spec.guidance_cutoff
     if cutoff is not None and pipes.family.guidance_cutoff:
         progress.cutoff = guidance_cutoff(cutoff, inpaint=mode == "inpaint")
-        arguments["callback_on_step_end_tensor_inputs"] = progress.cutoff.tensor_inputs
+    arguments["callback_on_step_end_tensor_inputs"] = progress.tensor_inputs(pipe)
     if pipes.spec.guidance_rescale:
         arguments["guidance_rescale"] = pipes.spec.guidance_rescale
     if init is not None:
@@ -259,8 +283,10 @@ def _generate(
     if mode == "inpaint" and mask is not None:
         arguments["mask_image"] = _fit(mask, width, height)
     # The pipelines carry no safety checker (see load_pipelines): `generate` runs the check.
+    progress.begin_call(width, height)
     output = pipe(**{k: v for k, v in arguments.items() if k in accepted}, return_dict=False)
     images: list[Image.Image] = output[0]
+    progress.end_call(len(images))
     return [_fit(image, request.width, request.height) for image in images]
 
 
@@ -315,15 +341,50 @@ class _StepCounting(Protocol):
     def num_timesteps(self) -> int: ...
 
 
-class _Progress:
-    """The step callback: counts steps across the request's pipeline calls and reports them."""
+@dataclass(frozen=True)
+class _Previewing:
+    """Where previews go and how often, for one model's family."""
 
-    def __init__(self, on_step: OnStep, calls: int) -> None:
+    on_preview: OnPreview
+    every: int
+    family: FamilyName
+
+
+def _previewing(
+    pipes: PipelineSet, options: EngineOptions, on_preview: OnPreview | None
+) -> _Previewing | None:
+    if on_preview is None or options.preview_every < 1:
+        return None
+    return _Previewing(on_preview, options.preview_every, pipes.family.name)
+
+
+class _Progress:
+    """The step callback: counts steps across the request's pipeline calls and reports them,
+    with previews of the images forming when asked for."""
+
+    def __init__(self, on_step: OnStep, calls: int, previewing: _Previewing | None = None) -> None:
         self._on_step = on_step
         self._calls = calls
         self._done = 0
+        self._previewing = previewing
+        self._images_before = 0
+        self._size = (0, 0)
         self.cutoff: Callable[..., dict[str, object]] | None = None
         """The model's guidance cutoff, run at each step before progress is counted."""
+
+    def tensor_inputs(self, pipe: Any) -> list[str]:
+        """The tensors the pipeline must hand the callback (among those it can)."""
+        wanted = list(getattr(self.cutoff, "tensor_inputs", []))
+        if self._previewing is not None:
+            wanted.append("latents")
+        allowed = getattr(pipe, "_callback_tensor_inputs", wanted)
+        return [name for name in wanted if name in allowed]
+
+    def begin_call(self, width: int, height: int) -> None:
+        self._size = (width, height)
+
+    def end_call(self, images: int) -> None:
+        self._images_before += images
 
     def __call__(
         self, pipe: _StepCounting, step: int, timestep: object, tensors: dict[str, object]
@@ -333,5 +394,13 @@ class _Progress:
         self._done += 1
         # num_timesteps is what diffusers really runs (second-order samplers take about twice
         # the steps, img2img only strength * steps); every call runs the same schedule.
-        self._on_step(self._done, pipe.num_timesteps * self._calls)
+        total = pipe.num_timesteps * self._calls
+        self._on_step(self._done, total)
+        previewing = self._previewing
+        latents = tensors.get("latents")
+        if previewing and self._done % previewing.every == 0 and isinstance(latents, torch.Tensor):
+            grid = latent_grid(latents, pipe, *self._size)
+            previewing.on_preview(
+                self._done, total, self._images_before, previews(grid, previewing.family)
+            )
         return tensors

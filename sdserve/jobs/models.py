@@ -86,3 +86,11 @@ class JobCounts(BaseModel):
 class ProgressEvent(BaseModel):
     step: int
     total: int
+
+
+class Preview(BaseModel):
+    """A running job's latest preview: its first image as it forms, at `step` of `total`."""
+
+    step: int
+    total: int
+    jpeg: bytes

@@ -1,4 +1,5 @@
-"""What a job leaves for others to read: its progress events and its webhook deliveries.
+"""What a job leaves for others to read: its progress events, its latest preview and its
+webhook deliveries.
 
 Statements on a connection, run inside the store's transactions, for both backends.
 """
@@ -11,8 +12,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from sdserve.jobs.models import ProgressEvent
-from sdserve.jobs.schema import job_events, webhooks
+from sdserve.jobs.models import Preview, ProgressEvent
+from sdserve.jobs.schema import job_events, previews, webhooks
 from sdserve.jobs.store import WebhookDelivery
 from sdserve.jobs.transitions import Transition
 
@@ -52,6 +53,25 @@ def take_events(db: sa.Connection, job_id: str) -> list[ProgressEvent]:
     ).all()
     ordered = sorted(rows, key=lambda row: int(row.seq))
     return [ProgressEvent(step=row.step, total=row.total) for row in ordered]
+
+
+def put_preview(db: sa.Connection, job_id: str, preview: Preview) -> None:
+    """Replace the job's preview (a delete and an insert: the same SQL on both backends)."""
+    db.execute(previews.delete().where(previews.c.job_id == job_id))
+    db.execute(
+        previews.insert().values(
+            job_id=job_id, step=preview.step, total=preview.total, image=preview.jpeg
+        )
+    )
+
+
+def read_preview(db: sa.Connection, job_id: str) -> Preview | None:
+    row = db.execute(
+        sa.select(previews.c.step, previews.c.total, previews.c.image).where(
+            previews.c.job_id == job_id
+        )
+    ).first()
+    return None if row is None else Preview(step=row.step, total=row.total, jpeg=row.image)
 
 
 def queue_webhook(
@@ -127,7 +147,8 @@ def clear_events(db: sa.Connection, job_id: str) -> None:
 
 
 def forget(db: sa.Connection, job_ids: Sequence[str]) -> None:
-    """Deleted jobs: their events and pending webhooks go too."""
+    """Deleted jobs: their events, previews and pending webhooks go too."""
     if job_ids:
         db.execute(job_events.delete().where(job_events.c.job_id.in_(job_ids)))
+        db.execute(previews.delete().where(previews.c.job_id.in_(job_ids)))
         db.execute(webhooks.delete().where(webhooks.c.job_id.in_(job_ids)))

@@ -73,6 +73,17 @@ job_events = sa.Table(
     sqlite_autoincrement=True,
 )
 
+previews = sa.Table(
+    "sdserve_previews",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("image", sa.LargeBinary, nullable=False),
+)
+"""Each running job's latest preview (a small JPEG of its first image forming), for the
+readers of its event stream; kept until the job is deleted."""
+
 webhooks = sa.Table(
     "sdserve_webhooks",
     metadata,

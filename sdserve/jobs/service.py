@@ -22,7 +22,7 @@ from sdserve.jobs.errors import (
     QuotaFull,
     ResultTimeout,
 )
-from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
+from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, Preview, ProgressEvent
 from sdserve.jobs.outbound import check_url
 from sdserve.jobs.reads import BatchedReads
 from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
@@ -278,6 +278,10 @@ class JobService:
         if job.status.is_final:  # its events were all written before it ended
             return job, events
         return await self.read(owner, endpoint, job_id), events
+
+    async def preview(self, job: Job) -> Preview | None:
+        """The latest preview of a job read with `read` (so already the caller's)."""
+        return await asyncio.to_thread(self.store.preview, job.id)
 
     def _take_events(self, job_ids: list[str]) -> dict[str, list[ProgressEvent]]:
         return {job_id: self.store.read_stream(job_id) for job_id in job_ids}

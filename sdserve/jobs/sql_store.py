@@ -20,7 +20,14 @@ from sdserve import metrics
 from sdserve.canonical import ImageResult
 from sdserve.jobs import outbox
 from sdserve.jobs.losses import RunLoss, giving_up_message
-from sdserve.jobs.models import TIMED_OUT_ERROR, Job, JobCounts, JobStatus, ProgressEvent
+from sdserve.jobs.models import (
+    TIMED_OUT_ERROR,
+    Job,
+    JobCounts,
+    JobStatus,
+    Preview,
+    ProgressEvent,
+)
 from sdserve.jobs.schema import idempotency as idempotency_keys
 from sdserve.jobs.schema import jobs, workers
 from sdserve.jobs.store import (
@@ -326,6 +333,22 @@ class SqlJobStore(JobStore):
             if status == JobStatus.IN_PROGRESS:
                 outbox.add_event(db, job_id, step, total)
         return None if status is None else JobStatus(status)
+
+    def set_preview(self, job_id: str, attempt: int, preview: Preview) -> None:
+        with self._tx() as db:
+            running = db.execute(
+                sa.select(jobs.c.id).where(
+                    jobs.c.id == job_id,
+                    jobs.c.attempts == attempt,
+                    jobs.c.status == JobStatus.IN_PROGRESS,
+                )
+            ).first()
+            if running is not None:
+                outbox.put_preview(db, job_id, preview)
+
+    def preview(self, job_id: str) -> Preview | None:
+        with self._read() as db:
+            return outbox.read_preview(db, job_id)
 
     def finish(
         self,

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from sdserve.canonical import GenerationRequest, ImageResult
 from sdserve.jobs.losses import RunLoss
-from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, ProgressEvent
+from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, Preview, ProgressEvent
 
 
 def job_from_row(row: Mapping[Any, Any]) -> Job:
@@ -143,6 +143,15 @@ class JobStore(ABC):
     @abstractmethod
     def add_progress(self, job_id: str, attempt: int, step: int, total: int) -> JobStatus | None:
         """Record progress of a running attempt; return the job's status (None if gone)."""
+
+    @abstractmethod
+    def set_preview(self, job_id: str, attempt: int, preview: Preview) -> None:
+        """Record the running job's latest preview (nothing if `attempt` is not its current
+        run, or the job is no longer running)."""
+
+    @abstractmethod
+    def preview(self, job_id: str) -> Preview | None:
+        """The job's latest preview, if it has one."""
 
     @abstractmethod
     def attempt_status(self, job_id: str, attempt: int) -> JobStatus | None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sdserve.canonical import GenerationRequest
-    from sdserve.engine.generate import GeneratedImage
+    from sdserve.engine.generate import GeneratedImage, OnPreview
     from sdserve.worker.runner import Generate
 
 log = logging.getLogger(__name__)
@@ -133,13 +133,15 @@ class CoreShare:
         """`generate` as a pipeline call of this worker's, giving threads back at its steps."""
 
         def run(
-            requests: list[GenerationRequest], on_step: Callable[[int, int], None]
+            requests: list[GenerationRequest],
+            on_step: Callable[[int, int], None],
+            on_preview: OnPreview | None = None,
         ) -> list[list[GeneratedImage]]:
             def step(done: int, total: int) -> None:
                 self._step()
                 on_step(done, total)
 
             with self.generating(len(requests)):
-                return generate(requests, step)
+                return generate(requests, step, on_preview)
 
         return run

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sdserve.engine.cache import PipelineCache
-    from sdserve.engine.generate import GeneratedImage
+    from sdserve.engine.generate import GeneratedImage, OnPreview
 
 from sdserve.canonical import GenerationRequest
 from sdserve.jobs.backends import open_job_store
@@ -104,10 +104,13 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
         compel_everywhere=settings.compel_everywhere,
         nsfw_check=settings.nsfw_check,
         batch_images=settings.batch_images,
+        preview_every=settings.preview_every,
     )
 
     def run_requests(
-        requests: list[GenerationRequest], on_step: Callable[[int, int], None]
+        requests: list[GenerationRequest],
+        on_step: Callable[[int, int], None],
+        on_preview: OnPreview | None = None,
     ) -> list[list[GeneratedImage]]:
         model = requests[0].model
         spec = registry.resolve(model)
@@ -121,7 +124,7 @@ def request_runner(settings: Settings, registry: ModelRegistry, cache: PipelineC
             raise ValueError(
                 f"could not load model {spec.name!r} from {spec.source}: {reason}"
             ) from None
-        return generate_batch(pipes, requests, on_step, options)
+        return generate_batch(pipes, requests, on_step, options, on_preview)
 
     return run_requests
 

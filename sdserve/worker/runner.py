@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -22,7 +22,7 @@ from sdserve.storage.base import ImageStore
 from sdserve.worker.watch import Run, RunWatch
 
 if TYPE_CHECKING:  # the API process imports this module and must not load torch
-    from sdserve.engine.generate import GeneratedImage
+    from sdserve.engine.generate import GeneratedImage, OnPreview
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,16 @@ class JobStopped(BaseException):
     """The job was cancelled or timed out; derives from BaseException so nothing swallows it."""
 
 
-Generate = Callable[
-    [list[GenerationRequest], Callable[[int, int], None]], list[list["GeneratedImage"]]
-]
-"""The engine as the runner calls it: requests sharing a batch_key in, each one's images out."""
+class Generate(Protocol):
+    """The engine as the runner calls it: requests sharing a batch_key in, each one's images
+    out; told each step, and given previews of the images forming (engine.generate.OnPreview)."""
+
+    def __call__(
+        self,
+        requests: list[GenerationRequest],
+        on_step: Callable[[int, int], None],
+        on_preview: OnPreview | None = None,
+    ) -> list[list[GeneratedImage]]: ...
 
 
 def parameters_text(request: GenerationRequest, seed: int) -> str:
@@ -112,7 +118,11 @@ class JobRunner:
         started = time.perf_counter()
         try:
             try:
-                results = self._generate([r.job.request for r in runs], self._on_step(runs, clock))
+                results = self._generate(
+                    [r.job.request for r in runs],
+                    self._on_step(runs, clock),
+                    self._on_preview(runs),
+                )
             finally:
                 clock.record(jobs[0].endpoint)
         except JobStopped:
@@ -205,6 +215,22 @@ class JobRunner:
                 raise JobStopped()
 
         return on_step
+
+    @staticmethod
+    def _on_preview(runs: list[Run]) -> OnPreview:
+        """Each job's preview is its first image's."""
+        firsts = []
+        index = 0
+        for run in runs:
+            firsts.append(index)
+            index += run.job.request.num_outputs
+
+        def on_preview(done: int, total: int, first: int, images: list[Image.Image]) -> None:
+            for run, at in zip(runs, firsts, strict=True):
+                if first <= at < first + len(images):
+                    run.preview(done, total, images[at - first])
+
+        return on_preview
 
 
 _Outcome = list["GeneratedImage"] | str | None

@@ -2,22 +2,28 @@
 
 The denoising loop only reads and writes memory (`Run`): a thread here asks the store, a few
 times a second, whether each run is still wanted (cancelled, timed out, handed to another
-worker), writes its latest progress, and ends a run past its execution timeout.
+worker), writes its latest progress and preview (encoded here, not on the denoising thread),
+and ends a run past its execution timeout.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
 
-from sdserve.jobs.models import TIMED_OUT_ERROR, Job, JobStatus
+from PIL import Image
+
+from sdserve.jobs.models import TIMED_OUT_ERROR, Job, JobStatus, Preview
 from sdserve.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 WATCH_EVERY_S = 0.1
 """How often the store is asked and progress written; a cancel takes effect within it."""
+PREVIEW_QUALITY = 80
+"""JPEG quality of previews: a 64x64 preview (a 512x512 image's) is about 2 KB."""
 
 
 class Run:
@@ -33,12 +39,18 @@ class Run:
         self.done = 0
         self.total = 0
         self._written = 0
+        self._preview: tuple[int, int, Image.Image] | None = None
+        self._preview_written = 0
         self.stopped = False
         """Set once the job no longer wants this run's images (read at every step)."""
 
     def step(self, done: int, total: int) -> None:
         """The generation thread's report: memory only."""
         self.done, self.total = done, total
+
+    def preview(self, done: int, total: int, image: Image.Image) -> None:
+        """The generation thread's latest preview of the job's first image: memory only."""
+        self._preview = (done, total, image)
 
     def sync(self, store: JobStore, now: float) -> None:
         """Write new progress (or just read the status), and end the run past its deadline."""
@@ -56,6 +68,16 @@ class Run:
             status = store.attempt_status(self.job.id, self.attempt)
         if status != JobStatus.IN_PROGRESS:
             self.stopped = True
+            return
+        preview = self._preview
+        if preview is not None and preview[0] != self._preview_written:
+            done, total, image = preview
+            jpeg = io.BytesIO()
+            image.save(jpeg, format="JPEG", quality=PREVIEW_QUALITY)
+            store.set_preview(
+                self.job.id, self.attempt, Preview(step=done, total=total, jpeg=jpeg.getvalue())
+            )
+            self._preview_written = done
 
     def flush(self, store: JobStore) -> None:
         """Write the last progress the generation reported, if not yet written."""

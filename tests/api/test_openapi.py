@@ -3,6 +3,7 @@ and status call validates against the schema the document gives for it."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -107,3 +108,22 @@ def test_request_bodies_are_described(document: Document) -> None:
         assert "$ref" in schema or schema.get("properties"), f"{path}: {schema}"
     edits = document["components"]["schemas"]["ImageEditRequest"]["properties"]
     assert edits["image"]["contentMediaType"] == "application/octet-stream"
+
+
+def test_event_streams_are_described(document: Document, client: httpx.Client) -> None:
+    """The server-sent event answers are documented as such, and OpenAI's events fit theirs."""
+    events = document["paths"]["/v2/{endpoint}/events/{job_id}"]["get"]["responses"]["200"]
+    assert "text/event-stream" in events["content"] and "preview" in events["description"]
+    generations = document["paths"]["/v1/images/generations"]["post"]["responses"]["200"]
+    schema = generations["content"]["text/event-stream"]["schema"]
+    body = {"prompt": "p", "size": "128x128", "num_inference_steps": 10, "seed": 5}
+    stream = {**body, "stream": True, "partial_images": 1}
+    data = []
+    with client.stream("POST", "/v1/images/generations", json=stream) as answer:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        data = [json.loads(line[5:]) for line in answer.iter_lines() if line.startswith("data:")]
+    assert [event["type"] for event in data][-1] == "image_generation.completed", data
+    validator = Draft202012Validator(schema)
+    for event in data:
+        errors = [e.message for e in validator.iter_errors(event)]
+        assert not errors, f"{event['type']} answered outside its schema: {errors}"

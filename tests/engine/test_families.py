@@ -123,6 +123,35 @@ def test_progress_counts_every_step_of_every_image(pipes: PipelineSet) -> None:
     assert seen == [(step, 4) for step in range(1, 5)]  # both images in one batched call
 
 
+def test_previews_of_every_image_every_few_steps(pipes: PipelineSet) -> None:
+    # Two requests in one call, then one request's images one call each: every image gets
+    # its preview, at the latent grid's size, under its index in the batch.
+    seen: list[tuple[int, int, int, list[Image.Image]]] = []
+    options = EngineOptions(preview_every=2)
+    requests = [
+        _request(pipes, prompt="a lighthouse at dusk", seed=3, width=64, height=64),
+        _request(pipes, prompt="a cat", seed=50, width=64, height=64),
+    ]
+    generate_batch(pipes, requests, ignore_steps, options, lambda *p: seen.append(p))
+    grid = 64 // pipes.txt2img.vae_scale_factor
+    assert [(done, total, first, len(images)) for done, total, first, images in seen] == [
+        (2, 4, 0, 2),
+        (4, 4, 0, 2),
+    ]
+    for *_, images in seen:
+        assert all(image.size == (grid, grid) and image.mode == "RGB" for image in images)
+    assert pixels(seen[0][3][0]).tolist() != pixels(seen[1][3][0]).tolist()  # it forms
+
+    seen.clear()
+    one_by_one = EngineOptions(preview_every=4, batch_images=False)
+    request = _request(pipes, seed=7, num_outputs=2, width=64, height=64)
+    generate(pipes, request, ignore_steps, one_by_one, lambda *p: seen.append(p))
+    assert [(done, total, first, len(images)) for done, total, first, images in seen] == [
+        (4, 8, 0, 1),
+        (8, 8, 1, 1),
+    ]
+
+
 def test_a_cancel_stops_the_image_at_the_next_step(pipes: PipelineSet) -> None:
     steps: list[int] = []
 

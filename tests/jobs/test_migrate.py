@@ -25,7 +25,7 @@ from sdserve.jobs.sqlite_store import SqliteJobStore, sqlite_engine
 from tests.pg import fresh_database
 
 LEGACY = Path(__file__).parent / "legacy"
-HEAD = "0006"
+HEAD = "0007"
 
 
 def upgrade_command(*options: str) -> list[str]:
@@ -130,12 +130,12 @@ def test_postgresql_database_of_v01_upgrades_in_place(postgres_from_v01: str) ->
 
 def test_fresh_databases_get_the_same_schema(tmp_path: Path) -> None:
     sqlite = sqlite_engine(tmp_path / "jobs.sqlite3", immediate=True)
-    assert migrate(sqlite) == ["0001", "0002", "0003", "0004", "0005", HEAD]
+    assert migrate(sqlite) == ["0001", "0002", "0003", "0004", "0005", "0006", HEAD]
     assert migrate(sqlite) == []
     assert schema_differences(sqlite) == []
     with fresh_database() as url:
         postgres = postgres_engine(url)
-        assert migrate(postgres) == ["0001", "0002", "0003", "0004", "0005", HEAD]
+        assert migrate(postgres) == ["0001", "0002", "0003", "0004", "0005", "0006", HEAD]
         assert schema_differences(postgres) == []
         with postgres.connect() as db:
             tables = set(sa.inspect(db).get_table_names())
@@ -168,7 +168,7 @@ def test_upgrade_command_upgrades_a_data_folder(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
-        f"sdserve schema revision {r}" for r in ("0002", "0003", "0004", "0005", HEAD)
+        f"sdserve schema revision {r}" for r in ("0002", "0003", "0004", "0005", "0006", HEAD)
     ]
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM sdserve_jobs").fetchone() == (6,)

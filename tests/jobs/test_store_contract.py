@@ -15,7 +15,7 @@ from sdserve.jobs.losses import (
     worker_died,
     worker_silent,
 )
-from sdserve.jobs.models import Job, JobStatus
+from sdserve.jobs.models import Job, JobStatus, Preview
 from sdserve.jobs.sql_store import NUMBERS
 from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken
 from tests.jobs.conftest import OpenStore
@@ -306,6 +306,25 @@ def test_purge_counts_and_stream(store: JobStore) -> None:
     store.add_progress("a", 1, 2, 4)
     assert [(e.step, e.total) for e in store.read_stream("a")] == [(1, 4), (2, 4)]
     assert store.read_stream("a") == []
+
+
+def test_a_preview_is_kept_for_the_running_attempt_only_and_goes_with_its_job(
+    store: JobStore,
+) -> None:
+    store.create(make_job("a"))
+    early = Preview(step=1, total=4, jpeg=b"one")
+    store.set_preview("a", 1, early)
+    assert store.preview("a") is None  # queued: no run to preview
+    store.claim("w", time.time())
+    store.set_preview("a", 1, early)
+    store.set_preview("a", 1, Preview(step=2, total=4, jpeg=b"two"))
+    store.set_preview("a", 0, Preview(step=3, total=4, jpeg=b"stale"))  # an older run's
+    assert store.preview("a") == Preview(step=2, total=4, jpeg=b"two")
+    store.finish("a", 1, JobStatus.COMPLETED, time.time())
+    store.set_preview("a", 1, Preview(step=4, total=4, jpeg=b"late"))  # after the end
+    assert store.preview("a") == Preview(step=2, total=4, jpeg=b"two")
+    assert store.delete_expired(time.time() + 10**6)
+    assert store.preview("a") is None
 
 
 def test_workers_by_heartbeat(store: JobStore) -> None:

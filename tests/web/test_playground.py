@@ -289,11 +289,18 @@ def test_a_refused_field_is_named_on_the_form(playground: Playground) -> None:
     assert playground.jobs.count() == 0
 
 
-def test_cancel_stops_a_running_job(playground: Playground, http: httpx.Client) -> None:
+def test_cancel_stops_a_running_job_shown_forming(
+    playground: Playground, http: httpx.Client
+) -> None:
     playground.fill(prompt="a blue square", width=128, height=128, num_inference_steps=500)
     card = playground.generate()
     expect(card.locator(".progress-text")).to_contain_text("/500 steps", timeout=JOB_TIMEOUT_MS)
     assert float(card.locator("progress").get_attribute("value") or 0) >= 1
+    # Its preview, from the job's event stream: a JPEG the browser decoded, shown enlarged.
+    preview = card.locator(".preview")
+    expect(preview).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    assert (preview.get_attribute("src") or "").startswith("data:image/jpeg;base64,")
+    assert preview.evaluate("img => img.complete && img.naturalWidth") == 128 // 8
     card.locator(".cancel").click()
     playground.wait_status(card, "CANCELLED")
     expect(card.locator(".status")).to_have_text("cancelled")

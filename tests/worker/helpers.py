@@ -48,7 +48,9 @@ def one_by_one(generate: GenerateOne) -> Generate:
     """A runner's Generate from a stand-in engine that makes one request's images."""
 
     def run(
-        requests: list[GenerationRequest], on_step: Callable[[int, int], None]
+        requests: list[GenerationRequest],
+        on_step: Callable[[int, int], None],
+        on_preview: object = None,
     ) -> list[list[GeneratedImage]]:
         return [generate(request, on_step) for request in requests]
 

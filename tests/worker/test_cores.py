@@ -36,7 +36,9 @@ def test_a_call_takes_its_share_and_gives_threads_back_when_others_start(
     share = CoreShare(states, 0)
     seen: list[int] = []
 
-    def generate(requests: list[object], on_step: Callable[[int, int], None]) -> list[list[object]]:
+    def generate(
+        requests: list[object], on_step: Callable[[int, int], None], on_preview: object = None
+    ) -> list[list[object]]:
         for step in range(1, 5):
             seen.append(torch.get_num_threads())
             if step == 2:
@@ -68,7 +70,9 @@ def test_a_batch_of_several_jobs_starts_on_its_share_and_grows_once_the_others_s
     share = CoreShare(states, 0)
     seen: list[int] = []
 
-    def generate(requests: list[object], on_step: Callable[[int, int], None]) -> list[list[object]]:
+    def generate(
+        requests: list[object], on_step: Callable[[int, int], None], on_preview: object = None
+    ) -> list[list[object]]:
         for step in range(1, 7):
             seen.append(torch.get_num_threads())
             if step == 2:
@@ -92,7 +96,9 @@ def test_fixed_threads_never_change(restore_threads: None) -> None:
     share = CoreShare(states, 0, fixed_threads=1)
     seen: list[int] = []
 
-    def generate(requests: list[object], on_step: Callable[[int, int], None]) -> list[list[object]]:
+    def generate(
+        requests: list[object], on_step: Callable[[int, int], None], on_preview: object = None
+    ) -> list[list[object]]:
         seen.append(torch.get_num_threads())
         states[1] = IDLE
         on_step(1, 2)

@@ -1,5 +1,6 @@
-// The server's public API, called as any client calls it: RunPod's job calls under /v2,
-// OpenAI's GET /v1/models for the models and their defaults, GET /v1/loras.
+// The server's public API, called as any client calls it: RunPod's job calls under /v2 (and a
+// job's server-sent events), OpenAI's GET /v1/models for the models and their defaults,
+// GET /v1/loras.
 // Paths are relative to the page, so the playground works behind a proxy's path prefix too.
 
 /** The server wants a key (401): none was given, or it is not one of the server's. */
@@ -98,5 +99,41 @@ export class Api {
 
   cancel(endpoint, id) {
     return this.call("POST", this.runPath(endpoint, "cancel", id));
+  }
+
+  /**
+   * A job's server-sent events (`GET /v2/{endpoint}/events/{id}`) as `{event, data}` with
+   * `data` decoded, until the stream ends. Read through fetch, not EventSource, which cannot
+   * send the API key.
+   */
+  async *events(endpoint, id) {
+    const response = await fetch(this.runPath(endpoint, "events", id), {
+      headers: this.headers(false),
+    });
+    if (!response.ok) {
+      const answer = await response.json().catch(() => null);
+      if (response.status === 401) throw new Unauthorized(answer?.error || "API key needed");
+      throw errorOf(response.status, answer);
+    }
+    const lines = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffered = "";
+    let event = "message";
+    let data = [];
+    for (;;) {
+      const { value, done } = await lines.read();
+      if (done) return;
+      buffered += value;
+      const parts = buffered.split(/\r?\n/);
+      buffered = parts.pop();
+      for (const line of parts) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+        else if (line === "" && data.length) {
+          yield { event, data: JSON.parse(data.join("\n")) };
+          event = "message";
+          data = [];
+        }
+      }
+    }
   }
 }

@@ -1,5 +1,6 @@
-// One job on the page: its state polled from `GET /v2/{endpoint}/status/{id}` until it ends,
-// a progress bar from `output.progress` ("3/25"), cancel, and its images once done.
+// One job on the page: its progress and previews from its server-sent events
+// (`GET /v2/{endpoint}/events/{id}`), or, where the stream breaks, its state polled from
+// `GET /v2/{endpoint}/status/{id}` until it ends; cancel, and its images once done.
 
 import { Unauthorized } from "./api.js";
 import { ImageView } from "./images.js";
@@ -46,8 +47,24 @@ export class JobCard {
     return this.element.querySelector(selector);
   }
 
-  /** Poll the job until it ends (or the card is removed, or the key is refused). */
+  /** Follow the job until it ends (or the card is removed, or the key is refused): its
+   * events while the stream lasts, then polls. */
   async watch() {
+    try {
+      for await (const { event, data } of this.app.api.events(this.job.endpoint, this.job.id)) {
+        if (this.stopped) return;
+        if (event === "progress") {
+          this.setStatus(data.status);
+          if (data.total) this.setProgress(data.step, data.total);
+        } else if (event === "preview") {
+          this.showPreview(`data:${data.media_type};base64,${data.image}`);
+        } else if (event === "done") {
+          this.update(data);
+        }
+      }
+    } catch (error) {
+      if (this.refused(error)) return;
+    }
     while (!this.stopped && !FINAL.has(this.status)) {
       let wait = POLL_MS;
       try {
@@ -112,8 +129,7 @@ export class JobCard {
     this.part(".progress-text").textContent = `${step}/${total} steps`;
   }
 
-  /** Show an image of the job while it forms (a data URI or URL); hidden once it is done.
-   * Polling brings none: a stream of the job's events can feed it. */
+  /** Show an image of the job while it forms (a data URI or URL); hidden once it is done. */
   showPreview(src) {
     if (FINAL.has(this.status)) return;
     const preview = this.part(".preview");
