@@ -28,14 +28,19 @@ _QUIET = {
 """Loggers whose INFO (and for the model libraries, WARNING) lines say nothing actionable."""
 
 
-def setup_logging(fmt: LogFormat = "text", access_log: bool = False) -> None:
-    """Configure the root logger of this process (and, through the environment, the model
-    libraries' own verbosity in the worker processes it spawns)."""
-    # transformers and diffusers read these when imported (a worker imports them later):
-    # without, every start prints warnings about optional packages (torchvision) it lacks.
+def quiet_model_libraries() -> None:
+    """Keep the model libraries' chatter out of this process and those it spawns: transformers
+    and diffusers read these when imported (a worker imports them later); without, every
+    start prints warnings about optional packages (torchvision) it lacks."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def setup_logging(fmt: LogFormat = "text", access_log: bool = False) -> None:
+    """Configure the root logger of this process (and, through the environment, the model
+    libraries' own verbosity in the worker processes it spawns)."""
+    quiet_model_libraries()
     formatter: dict[str, object] = (
         {
             "()": "pythonjsonlogger.json.JsonFormatter",

@@ -29,6 +29,7 @@ from sdserve.api.limits import MB, BodyLimitMiddleware
 from sdserve.api.metrics import HttpMetricsMiddleware, RouteTemplates
 from sdserve.api.openapi import install_openapi
 from sdserve.api.ratelimit import RateLimits
+from sdserve.api.rules import rule_errors_for
 from sdserve.jobs.backends import open_job_store
 from sdserve.jobs.image_pool import ImagePool
 from sdserve.jobs.losses import SERVER_RESTARTED
@@ -193,7 +194,8 @@ def create_app(
     app.state.supervisor = supervisor
     render_for = renderer_for({p: r for d in DIALECTS for p, r in d.error_shapes.items()})
     routes = RouteTemplates()
-    install_error_handlers(app, render_for, routes.path)
+    readers = {path: r for d in DIALECTS for path, r in d.raw_readers.items()}
+    install_error_handlers(app, render_for, routes.path, rule_errors_for(readers, routes.path))
     install_openapi(app)
     for router in (
         files.router,

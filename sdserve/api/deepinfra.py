@@ -25,6 +25,7 @@ from sdserve.api.errors import ErrorBody
 from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.limits import MB
 from sdserve.api.openapi import SUBMITTING, ErrorDocs
+from sdserve.api.rules import RawFields, pick
 from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import NotFound
 from sdserve.jobs.models import Job, JobStatus
@@ -78,7 +79,7 @@ def _parse(fields: object) -> DeepInfraRequest:
     try:
         return DeepInfraRequest.model_validate(fields)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
+        raise RequestValidationError(exc.errors(include_url=False), body=fields) from None
 
 
 async def _submit(caller: Caller, model: str, body: DeepInfraRequest) -> Job:
@@ -137,4 +138,14 @@ def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
     return render_answer(job, _data_uri(ctx), ctx.service.price(job.endpoint))
 
 
-DIALECT = Dialect(name=NAME, routers=[(router, "")], render_webhook=render_webhook)
+def _raw_fields(request: Request, body: object) -> RawFields:
+    sizes = pick(body, {"width": "width", "height": "height"})
+    return RawFields(request.path_params.get("model", ""), sizes, _FIELDS)
+
+
+DIALECT = Dialect(
+    name=NAME,
+    routers=[(router, "")],
+    render_webhook=render_webhook,
+    raw_readers={"/v1/inference/{model}": _raw_fields},
+)

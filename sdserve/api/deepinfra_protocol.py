@@ -87,6 +87,9 @@ class InferenceAnswer(BaseModel):
     request_id: str
     inference_status: InferenceStatusBody
     error: str | None = None
+    warnings: list[str] | None = None
+    """Beyond DeepInfra's shape, only when there are some: what the request will not do though
+    it was accepted (a prompt the demo model knows no word of)."""
 
 
 DataUri = Callable[[ImageResult], str]
@@ -116,7 +119,7 @@ def _answer(
         "seed": job.request.seed,  # the first image's seed (image i has seed + i)
         "request_id": job.id,
         "inference_status": status,
-    }
+    } | ({"warnings": job.warnings} if job.warnings else {})
 
 
 def render_queued(job: Job) -> dict[str, Any]:

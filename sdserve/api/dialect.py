@@ -10,6 +10,7 @@ from fastapi import APIRouter
 
 from sdserve.api.context import ApiContext
 from sdserve.api.errors import ErrorRenderer
+from sdserve.api.rules import RawReader
 from sdserve.jobs.models import Job
 
 WebhookRenderer = Callable[[Job, ApiContext], dict[str, Any]]
@@ -24,3 +25,6 @@ class Dialect:
     render_webhook: WebhookRenderer | None = None
     error_shapes: dict[str, ErrorRenderer] = field(default_factory=dict)
     """Path prefix -> how errors under it are answered (default: `{"error", "errors"}`)."""
+    raw_readers: dict[str, RawReader] = field(default_factory=dict)
+    """Submitting route's path template -> what of a body its schema refused the model's rules
+    can still check (api/rules.py)."""

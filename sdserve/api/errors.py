@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -94,11 +94,18 @@ def field_errors(error: ApiError) -> list[FieldError] | None:
     return [FieldError.model_validate(e) for e in error.errors] or None
 
 
+RuleErrors = Callable[[Request, RequestValidationError], Awaitable[list[dict[str, str]]]]
+"""The model rules a request the schema refused breaks too (api/rules.py)."""
+
+
+def _bad_fields(errors: list[dict[str, str]]) -> ApiError:
+    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return ApiError(400, message, errors)
+
+
 def _api_error(request: Request, exc: Exception) -> ApiError:
     if isinstance(exc, RequestValidationError):
-        errors = validation_errors(exc)
-        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return ApiError(400, message, errors)
+        return _bad_fields(validation_errors(exc))
     if isinstance(exc, InvalidInput):
         problems = exc.problems if isinstance(exc, InvalidInputs) else [exc]
         errors = [{"field": p.field, "message": p.rule} for p in problems]
@@ -130,14 +137,23 @@ def renderer_for(shapes: dict[str, ErrorRenderer]) -> RendererFor:
 
 
 def install_error_handlers(
-    app: FastAPI, render_for: RendererFor, route_path: Callable[[Scope], str]
+    app: FastAPI,
+    render_for: RendererFor,
+    route_path: Callable[[Scope], str],
+    rule_errors: RuleErrors | None = None,
 ) -> None:
     """Answer errors in the shape `render_for` picks for the request's `route_path`: its route's
     template, prefix included, when a route answers it (a RunPod endpoint named `images`,
     /v1/images/run, is RunPod's, though its path starts like OpenAI's), else its path."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        return render_for(route_path(request.scope))(_api_error(request, exc))
+        error = _api_error(request, exc)
+        if isinstance(exc, RequestValidationError) and rule_errors is not None:
+            # Every bad field at once: the model's rules too, for the fields that parsed.
+            more = await rule_errors(request, exc)
+            if more:
+                error = replace(error, **vars(_bad_fields(error.errors + more)))
+        return render_for(route_path(request.scope))(error)
 
     for kind in (RequestValidationError, JobError, Unauthorized, HTTPException, Exception):
         app.add_exception_handler(kind, handle)

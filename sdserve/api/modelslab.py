@@ -25,6 +25,7 @@ from sdserve.api.modelslab_protocol import (
     render_success,
 )
 from sdserve.api.openapi import AUTHENTICATED, ErrorDocs
+from sdserve.api.rules import RawFields, pick
 from sdserve.jobs.errors import InvalidInput, JobNotFound
 from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.requests import RequestDraft
@@ -268,9 +269,16 @@ def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
     return render_answer(ctx, job, ctx.base_url(None))
 
 
+def _raw_fields(request: Request, body: object) -> RawFields:
+    model = body.get("model_id") if isinstance(body, dict) else None
+    sizes = pick(body, {"width": "width", "height": "height"})
+    return RawFields(model if isinstance(model, str) else DEFAULT_MODEL, sizes, _FIELDS)
+
+
 DIALECT = Dialect(
     name=NAME,
     routers=[(router, "")],
     render_webhook=render_webhook,
     error_shapes={"/api/": render_error},
+    raw_readers={path: _raw_fields for path, _, _ in GENERATION_PATHS},
 )

@@ -193,6 +193,9 @@ class ModelsLabMeta(BaseModel):
     file_prefix: str
     strength: float | None = None
     """With an init image only."""
+    warnings: list[str] | None = None
+    """Beyond ModelsLab's shape, only when there are some: what the request will not do though
+    it was accepted (a prompt the demo model knows no word of)."""
 
 
 class ModelsLabSuccess(BaseModel):
@@ -264,6 +267,8 @@ def render_meta(job: Job) -> dict[str, Any]:
     }
     if request.init_image is not None:
         meta["strength"] = request.prompt_strength
+    if job.warnings:
+        meta["warnings"] = job.warnings
     return meta
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form
+from fastapi import APIRouter, Depends, Form, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -18,6 +18,7 @@ from sdserve.api.dialect import Dialect
 from sdserve.api.events import PING_S, follow
 from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.openai_protocol import (
+    SIZE,
     CompletedEvent,
     ImageData,
     ImageEditRequest,
@@ -34,12 +35,13 @@ from sdserve.api.openai_protocol import (
     render_model,
 )
 from sdserve.api.openapi import AUTHENTICATED, SUBMITTING, ErrorDocs
+from sdserve.api.rules import RawFields
 from sdserve.canonical import ImageResult
 from sdserve.jobs.errors import JobError, NotFound
 from sdserve.jobs.models import Job, JobStatus
 from sdserve.jobs.requests import RequestDraft
 from sdserve.jobs.service import Submission
-from sdserve.registry import ModelRegistry
+from sdserve.registry import DEFAULT_MODEL, ModelRegistry
 
 router = APIRouter(tags=["openai"])
 _OMIT_UNSET: dict[str, Any] = {"response_model_exclude_unset": True}
@@ -262,6 +264,16 @@ def retrieve_model(model: str, caller: Caller = Depends(get_caller)) -> dict[str
     return render_model(model, spec, _STARTED)
 
 
+def _raw_fields(request: Request, body: object) -> RawFields:
+    given = body if isinstance(body, dict) else {}
+    model = given.get("model")
+    size = given.get("size")
+    values = {"scheduler": given.get("scheduler")}
+    if isinstance(size, str) and (match := SIZE.fullmatch(size.strip())) is not None:
+        values |= {"width": int(match[1]), "height": int(match[2])}
+    return RawFields(model if isinstance(model, str) else DEFAULT_MODEL, values, _FIELDS)
+
+
 BASES = ("/v1", "/v1/openai")
 """Where the calls are served: OpenAI's base, and DeepInfra's OpenAI-compatible one."""
 
@@ -269,4 +281,5 @@ DIALECT = Dialect(
     name=NAME,
     routers=[(router, base) for base in BASES],
     error_shapes={base + path: render_error for base in BASES for path in ("/images", "/models")},
+    raw_readers={base + "/images/generations": _raw_fields for base in BASES},
 )

@@ -29,13 +29,13 @@ ResponseFormat = Literal["url", "b64_json"]
 ImageData = Callable[[ImageResult], dict[str, str]]
 """One image as `{"url": ...}` or `{"b64_json": ...}`."""
 
-_SIZE = re.compile(r"(\d{1,5})\s*[xX]\s*(\d{1,5})")
+SIZE = re.compile(r"(\d{1,5})\s*[xX]\s*(\d{1,5})")
 
 
 def _canonical_size(value: str | None) -> str | None:
     if value is None or value == "auto":
         return None
-    match = _SIZE.fullmatch(value.strip())
+    match = SIZE.fullmatch(value.strip())
     if match is None:
         raise ValueError("must be WIDTHxHEIGHT, e.g. 512x512, or auto")
     return f"{int(match[1])}x{int(match[2])}"
@@ -169,6 +169,9 @@ class ImagesResponse(BaseModel):
     data: list[ImageDatum]
     size: str
     output_format: Literal["png"]
+    warnings: list[str] | None = None
+    """Beyond OpenAI's shape, only when there are some: what the request did not do though it
+    was accepted (a prompt the demo model knows no word of)."""
 
 
 class _CardHead(BaseModel):
@@ -231,7 +234,7 @@ def render_images(job: Job, image_data: ImageData) -> dict[str, Any]:
         ],
         "size": f"{request.width}x{request.height}",
         "output_format": "png",
-    }
+    } | ({"warnings": job.warnings} if job.warnings else {})
 
 
 def render_model(name: str, spec: ModelSpec, created: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +17,7 @@ from sdserve.api.errors import ErrorBody
 from sdserve.api.events import PING_S, follow
 from sdserve.api.idempotency import OPENAPI_EXTRA, idempotency_of
 from sdserve.api.openapi import AUTHENTICATED, SUBMITTING, ErrorDocs
+from sdserve.api.rules import RawFields, pick
 from sdserve.api.runpod_protocol import (
     MAX_WAIT_MS,
     Health,
@@ -270,8 +271,21 @@ def render_webhook(job: Job, ctx: ApiContext) -> dict[str, Any]:
     return render_status(job, ctx.image_link(job, ctx.base_url(None)))
 
 
+_CHECKED = {name: name for name in ("width", "height", "scheduler", "init_image")}
+
+
+def _raw_fields(request: Request, body: object) -> RawFields:
+    given = body.get("input") if isinstance(body, dict) else None
+    return RawFields(request.path_params.get("endpoint", ""), pick(given, _CHECKED), _FIELDS)
+
+
 DIALECT = Dialect(
     name=DIALECT_NAME,
     routers=[(router, prefix) for prefix in PREFIXES],
     render_webhook=render_webhook,
+    raw_readers={
+        f"{prefix}/{{endpoint}}/{call}": _raw_fields
+        for prefix in PREFIXES
+        for call in ("run", "runsync")
+    },
 )

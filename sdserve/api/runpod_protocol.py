@@ -67,6 +67,9 @@ class JobBrief(BaseModel):
 
     id: str
     status: JobStatus
+    warnings: list[str] | None = None
+    """Beyond RunPod's shape, only when there are some: what the request will not do though it
+    was accepted (a prompt the demo model knows no word of)."""
 
 
 class ImageOutput(BaseModel):
@@ -97,6 +100,8 @@ class JobState(BaseModel):
     output: list[ImageOutput] | Progress | None = None
     error: str | None = None
     workerId: str | None = None
+    warnings: list[str] | None = None
+    """As in `JobBrief`: only when there are some."""
 
 
 class PurgeResult(BaseModel):
@@ -231,8 +236,12 @@ def render_status(job: Job, link: ImageLink) -> dict[str, Any]:
         body["error"] = job.error
     if job.worker_id is not None:
         body["workerId"] = job.worker_id
-    return body
+    return body | _warnings(job)
 
 
 def render_brief(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "status": job.status.value}
+    return {"id": job.id, "status": job.status.value} | _warnings(job)
+
+
+def _warnings(job: Job) -> dict[str, Any]:
+    return {"warnings": job.warnings} if job.warnings else {}

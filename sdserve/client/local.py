@@ -13,7 +13,8 @@ from sdserve.client.request import OPTION_OF, BadInput, GenerationFailed, Output
 from sdserve.detect import UnservedModel
 from sdserve.jobs.errors import InvalidInput
 from sdserve.jobs.image_pool import ImagePool
-from sdserve.jobs.requests import InputLimits, RequestDraft, build_request
+from sdserve.jobs.requests import InputLimits, RequestDraft, build_request, request_warnings
+from sdserve.logs import quiet_model_libraries
 from sdserve.loras import LORA_SUFFIX
 from sdserve.registry import DEFAULT_MODEL, ModelRegistry, ModelSpec, load_registry
 from sdserve.settings import InvalidSettings, Settings, read_settings
@@ -24,6 +25,7 @@ def generate_here(
 ) -> list[Output]:
     """The images of `wire` on the default model: `model` (a SOURCE) if given, else the one
     `serve` would serve (SDSERVE_MODEL, SDSERVE_MODELS_FILE, else the built-in demo model)."""
+    quiet_model_libraries()  # before anything imports them (reading a model's config may)
     lora_dir, wire = _lora_file(wire)
     flags = {
         "model": [f"{DEFAULT_MODEL}={model}"] if model else None,
@@ -38,6 +40,8 @@ def generate_here(
     spec = registry.resolve(DEFAULT_MODEL)
     assert spec is not None  # the registry always has a default model
     request = _request(settings, spec, wire)
+    for warning in request_warnings(spec, request):
+        progress.warn(warning)
     return _run(settings, registry, spec, request, progress)
 
 

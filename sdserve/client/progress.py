@@ -68,6 +68,12 @@ class StepProgress:
         self._show()
         self._bar.update(self._task, description="denoising", completed=done, total=total)
 
+    def warn(self, message: str) -> None:
+        """Something the request will not do though it was accepted, printed above the bar."""
+        self._bar.console.print(
+            f"warning: {message}", style="yellow", markup=False, highlight=False
+        )
+
     def finished(self) -> None:
         task = self._bar.tasks[0]
         self._bar.update(self._task, description="done", completed=task.total or 0)

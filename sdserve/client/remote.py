@@ -32,6 +32,8 @@ def generate_remote(
             body = {"input": wire.model_dump(mode="json", exclude_unset=True)}
             answer = http.post(f"/v2/{endpoint}/run", json=body)
             job = JobBrief.model_validate_json(_accepted(answer).content)
+            for warning in job.warnings or []:
+                progress.warn(warning)
             try:
                 state = _follow(http, endpoint, job.id, progress)
             except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, replace
 
 from PIL import Image, ImageDraw
@@ -100,6 +101,26 @@ def training_example(rng: random.Random) -> tuple[Scene, str]:
     if rng.random() < 0.7:
         return scene, f"{text}, {scene.position}"
     return centred, text
+
+
+def drawing_words() -> list[str]:
+    """The words that change what the demo model draws: colours, shapes, sizes, positions."""
+    words: set[str] = set()
+    for phrase in [*COLOURS, *SHAPES, *SIZES, *POSITIONS]:
+        words.update(phrase.split())
+    return sorted(words)
+
+
+def prompt_warning(prompt: str) -> str | None:
+    """Why the demo model will draw a smudge for `prompt`: it knows none of its words."""
+    known = set(drawing_words())
+    if any(word in known for word in re.findall(r"[a-z]+", prompt.lower())):
+        return None
+    return (
+        "the demo model knows no word of this prompt, so the image follows none of it; it"
+        " draws a coloured shape on a coloured background, e.g. 'a large red circle at the top"
+        f" on a blue background' (its words: {', '.join(drawing_words())})"
+    )
 
 
 def vocabulary() -> list[str]:

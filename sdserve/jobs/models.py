@@ -56,6 +56,9 @@ class Job(BaseModel):
     expires_at: float | None = None
     outputs: list[ImageResult] = []
     error: str | None = None
+    warnings: list[str] = []
+    """What the sender should know though the request was accepted (e.g. a prompt the demo
+    model knows no word of)."""
     attempts: int = 0
     worker_id: str | None = None
     progress_step: int = 0

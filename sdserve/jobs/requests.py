@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from sdserve.canonical import GenerationRequest, SchedulerName
+from sdserve.demo.scenes import prompt_warning
 from sdserve.jobs.errors import InvalidInput, raise_all
 from sdserve.jobs.image_pool import ImagePool
 from sdserve.jobs.inputs import (
@@ -25,7 +26,7 @@ from sdserve.jobs.inputs import (
 from sdserve.jobs.outbound import UrlPolicy
 from sdserve.loras import UnknownLora, find_lora
 from sdserve.registry import ModelSpec
-from sdserve.samplers import SAMPLERS
+from sdserve.samplers import SAMPLERS, sampler_named
 
 MIN_SIZE = 128
 RANDOM_SEED_BOUND = 2**32
@@ -210,6 +211,41 @@ class InputLimits:
     """Non-public networks and hosts image URLs may reach (default: none)."""
     images: ImagePool = field(default_factory=lambda: ImagePool(2), compare=False)
     """Where input images are decoded and resized."""
+
+
+def rule_problems(
+    spec: ModelSpec, values: Mapping[str, object], fields: FieldNames
+) -> list[InvalidInput]:
+    """The model's size and sampler rules broken by `values` (canonical names: width, height,
+    scheduler, init_image; raw as sent): checked beside a request's schema errors, so that a
+    request with several bad fields hears of them all at once. Values of the wrong type are
+    left out: the schema reported them."""
+    problems: list[InvalidInput] = []
+    for name in ("width", "height"):
+        value = values.get(name)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                check_size(_named(fields, name), value, spec)
+            except InvalidInput as problem:
+                problems.append(problem)
+    given = values.get("scheduler")
+    sampler = sampler_named(given) if isinstance(given, str) else None
+    if sampler is not None:
+        init = bool(values.get("init_image"))
+        try:
+            check_scheduler(_named(fields, "scheduler"), sampler, spec, init)
+        except InvalidInput as problem:
+            problems.append(problem)
+    return problems
+
+
+def request_warnings(spec: ModelSpec, request: GenerationRequest) -> list[str]:
+    """What the sender should know though the request is accepted."""
+    if spec.builtin and (warning := prompt_warning(request.prompt)) is not None:
+        return [warning]
+    return []
 
 
 async def build_request(

@@ -42,6 +42,8 @@ jobs = sa.Table(
     sa.Column("batch_key", sa.Text),
     sa.Column("outputs", Json, nullable=False, server_default=sa.text("'[]'")),
     sa.Column("error", sa.Text),
+    # What the person who sent the request should know though it was accepted.
+    sa.Column("warnings", Json, nullable=False, server_default=sa.text("'[]'")),
     # Runs started (each run's fencing token: a stale run's writes name an older one).
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     # Runs that ended in their worker's death: what max_attempts bounds (jobs/losses.py).

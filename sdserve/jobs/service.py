@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -25,10 +26,18 @@ from sdserve.jobs.errors import (
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, Preview, ProgressEvent
 from sdserve.jobs.outbound import check_url
 from sdserve.jobs.reads import BatchedReads
-from sdserve.jobs.requests import FieldNames, InputLimits, RequestDraft, build_request
+from sdserve.jobs.requests import (
+    FieldNames,
+    InputLimits,
+    RequestDraft,
+    build_request,
+    request_warnings,
+)
 from sdserve.jobs.store import IdempotencyKey, JobStore, KeyTaken, WebhookDelivery, WorkerInfo
 from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import ModelRegistry, ModelSpec
+
+log = logging.getLogger(__name__)
 
 UnknownModel = Callable[[str, ModelRegistry], JobError]
 """How a dialect refuses a model name the registry lacks (given the name and the registry)."""
@@ -128,7 +137,11 @@ class JobService:
             field = how.fields.get("webhook", "webhook")
             raise InvalidInput(field, "must be an http(s) URL of a public host")
         request = await build_request(spec, draft, how.fields, self._limits)
-        return await asyncio.to_thread(self._queue, request, how)
+        warnings = request_warnings(spec, request)
+        job = await asyncio.to_thread(self._queue, request, how, warnings)
+        for warning in warnings:
+            log.warning("job %s: %s", job.id, warning)
+        return job
 
     def _earlier_job(self, owner: str, idempotency: IdempotentRequest) -> Job | None:
         """The job this owner's Idempotency-Key made, if the request is the same; None if the
@@ -147,7 +160,7 @@ class JobService:
             )
         return job
 
-    def _queue(self, request: GenerationRequest, how: Submission) -> Job:
+    def _queue(self, request: GenerationRequest, how: Submission, warnings: list[str]) -> Job:
         if self.store.queued(request.model) >= self._max_queue:
             raise QueueFull(request.model, retry_after_s=5)
         quota = self._max_queued_per_key
@@ -164,6 +177,7 @@ class JobService:
             created_at=time.time(),
             dialect=how.dialect,
             extra=how.extra,
+            warnings=warnings,
         )
         key = None
         if how.idempotency is not None:

@@ -155,6 +155,7 @@ class SqlJobStore(JobStore):
             "timeout_s": timeout_ms / 1000 if timeout_ms else None,
             "low_priority": job.policy.low_priority,
             "batch_key": job.request.batch_key(),
+            "warnings": job.warnings,
         }
 
     @staticmethod

@@ -34,6 +34,7 @@ def job_from_row(row: Mapping[Any, Any]) -> Job:
         expires_at=row["expires_at"],
         outputs=[ImageResult.model_validate(o) for o in row["outputs"]],
         error=row["error"],
+        warnings=row["warnings"],
         attempts=row["attempts"],
         worker_id=row["worker_id"],
         progress_step=row["progress_step"],

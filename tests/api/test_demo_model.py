@@ -14,14 +14,19 @@ from PIL import Image
 from sdserve.demo.grid import CELL, PROMPTS, draw, grid
 from sdserve.registry import DEMO_GUIDANCE
 from tests.conftest import API_KEY
-from tests.helpers import ServerProcess, running_server
+from tests.helpers import ServerProcess, running_server, wait_for
 
 
 @pytest.fixture(scope="module")
-def demo_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {"SDSERVE_API_KEYS": API_KEY}
     with running_server(tmp_path_factory.mktemp("data"), [], env) as server:
-        yield _client(server)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def demo_client(demo_server: ServerProcess) -> httpx.Client:
+    return _client(demo_server)
 
 
 def _client(server: ServerProcess) -> httpx.Client:
@@ -68,3 +73,35 @@ def test_the_readme_grid_comes_from_the_served_api(demo_client: httpx.Client) ->
     sheet = grid(demo_client, PROMPTS[:2], seeds=2)
     assert sheet.size[0] == 2 * CELL and sheet.size[1] > 2 * CELL
     assert np.asarray(sheet).std() > 10
+
+
+def test_a_prompt_of_no_known_word_succeeds_but_says_so_in_every_dialect(
+    demo_client: httpx.Client, demo_server: ServerProcess
+) -> None:
+    small = {"width": 128, "height": 128, "num_inference_steps": 4}
+    fine = {"input": {"prompt": "a red circle on a blue background", **small}}
+    assert "warnings" not in demo_client.post("/v2/default/runsync", json=fine).json()
+
+    unknown = "a photo of a cat"
+    queued = demo_client.post("/v2/default/run", json={"input": {"prompt": unknown, **small}})
+    answers = {
+        "runpod /run": queued.json(),
+        "runpod /status": wait_for(
+            demo_client, f"/v2/default/status/{queued.json()['id']}", {"COMPLETED", "FAILED"}
+        ),
+        "openai": demo_client.post(
+            "/v1/images/generations",
+            json={"prompt": unknown, "size": "128x128", "num_inference_steps": 4},
+        ).json(),
+        "deepinfra": demo_client.post(
+            "/v1/inference/default", json={"prompt": unknown, **small}
+        ).json(),
+        "modelslab": demo_client.post(
+            "/api/v6/images/text2img", json={"key": API_KEY, "prompt": unknown, **small}
+        ).json()["meta"],
+    }
+    for dialect, answer in answers.items():
+        (warning,) = answer["warnings"]
+        assert "knows no word of this prompt" in warning and "circle" in warning, dialect
+    assert answers["runpod /status"]["status"] == "COMPLETED"  # it still succeeds
+    assert f"job {queued.json()['id']}: the demo model knows no word" in demo_server.log()

@@ -102,6 +102,33 @@ def test_every_rule_of_the_model_is_checked_at_once(client: httpx.Client) -> Non
     assert all(f in body["error"] for f in fields)
 
 
+def test_the_model_s_rules_are_reported_beside_the_schema_s_in_every_dialect(
+    client: httpx.Client,
+) -> None:
+    # A schema error (steps, guidance) and a model rule (the size) in one request: both named.
+    runpod = post_input(client, {"num_inference_steps": 0, "width": 100, "scheduler": "IPNDM"})
+    assert runpod.status_code == 400, runpod.text
+    fields = [e["field"] for e in runpod.json()["errors"]]
+    assert fields == ["input.num_inference_steps", "input.width"], runpod.text
+    assert "input.width: must be a multiple of 8" in runpod.json()["error"]
+
+    deepinfra = client.post(
+        "/v1/inference/default", json={"prompt": "p", "num_inference_steps": 0, "height": 100}
+    )
+    assert deepinfra.status_code == 400, deepinfra.text
+    assert [e["field"] for e in deepinfra.json()["errors"]] == ["num_inference_steps", "height"]
+
+    openai = client.post("/v1/images/generations", json={"prompt": "p", "n": 0, "size": "100x128"})
+    assert openai.status_code == 400, openai.text
+    assert "size: must be a multiple of 8" in openai.json()["error"]["message"], openai.text
+    assert "n: " in openai.json()["error"]["message"], openai.text
+
+    body = {"key": API_KEY, "prompt": "p", "samples": 0, "width": "100", "height": "128"}
+    modelslab = client.post("/api/v6/images/text2img", json=body).json()
+    assert modelslab["status"] == "error", modelslab
+    assert "samples" in modelslab["message"] and "width: must be a multiple" in modelslab["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -44,6 +44,11 @@ def _parameters(path: Path) -> str:
         return str(image.info["parameters"])
 
 
+def unknown_seed(result: subprocess.CompletedProcess[str]) -> int:
+    """The random seed the command printed for its one file."""
+    return int(result.stdout.split("  seed ")[1])
+
+
 def _written(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
     """The files the command printed, with their seeds."""
     assert result.returncode == 0, result.stderr
@@ -169,6 +174,12 @@ def test_with_no_server_the_demo_model_draws_the_prompt(tmp_path: Path) -> None:
     parameters = _parameters(tmp_path / "a.png")
     assert parameters.startswith(f"{prompt}\n") and "Seed: 0," in parameters
     assert "Steps: 12," in parameters and "Model: default" in parameters
+    assert "warning" not in result.stderr
+
+    # A prompt of no word it knows still makes an image, and says why it follows none of it.
+    unknown = sdserve(tmp_path, "generate", "a photo of a cat", *FAST, "-o", "cat.png")
+    assert _written(unknown) == {"cat.png": unknown_seed(unknown)}
+    assert "warning: the demo model knows no word of this prompt" in unknown.stderr
 
 
 @pytest.mark.parametrize(
