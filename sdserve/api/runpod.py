@@ -81,7 +81,11 @@ def _status(caller: Caller, job: Job) -> dict[str, Any]:
 
 
 @router.post(
-    _PREFIX + "/run", response_model=JobBrief, responses=_SUBMITS, openapi_extra=OPENAPI_EXTRA
+    _PREFIX + "/run",
+    response_model=JobBrief,
+    responses=_SUBMITS,
+    openapi_extra=OPENAPI_EXTRA,
+    **_OMIT_UNSET,
 )
 async def run(
     endpoint: str, body: RunPodRequest, caller: Caller = Depends(get_caller)
@@ -128,7 +132,7 @@ async def status(
     return _status(caller, job)
 
 
-@router.post(_PREFIX + "/cancel/{job_id}", response_model=JobBrief, responses=_ACTS)
+@router.post(_PREFIX + "/cancel/{job_id}", response_model=JobBrief, responses=_ACTS, **_OMIT_UNSET)
 def cancel(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Cancel a queued or running job; a running one stops at its next denoising step."""
     return render_brief(caller.ctx.service.cancel(caller.owner, endpoint, job_id))
@@ -138,6 +142,7 @@ def cancel(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> 
     _PREFIX + "/retry/{job_id}",
     response_model=JobBrief,
     responses=_ERRORS.responses(*AUTHENTICATED, 404, 409, 413),
+    **_OMIT_UNSET,
 )
 def retry(endpoint: str, job_id: str, caller: Caller = Depends(get_caller)) -> dict[str, Any]:
     """Run a FAILED or TIMED_OUT job again under the same id."""
