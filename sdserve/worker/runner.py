@@ -72,12 +72,18 @@ def _quoted(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib's fastest level: a request waits for its PNG, which level 6 (Pillow's default) makes
+twice as slowly for files only about 12% smaller (38 against 18 ms at 512x512, 149 against 73
+ms at 1024x1024, on one core of this project's CPU)."""
+
+
 def png_bytes(image: Image.Image, request: GenerationRequest, seed: int) -> bytes:
     """The PNG of one output, with the A1111-style `parameters` text chunk."""
     info = PngInfo()
     info.add_text("parameters", parameters_text(request, seed))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
