@@ -12,6 +12,8 @@ import limits
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sdserve.storage.location import parse_s3_url
+
 OutputFormat = Literal["url", "base64"]
 
 
@@ -201,6 +203,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"rate_limit must be like '100/second;3000/minute' or 'none' (got {value!r})"
                 ) from None
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_s3_url(value)  # its ValueError names what is wrong
         return value
 
     @field_validator("rate_limit_storage")

@@ -41,3 +41,9 @@ def test_a_bad_setting_is_named_with_its_value(tmp_path: Path) -> None:
     assert refused.stderr.splitlines()[-1] == (
         "Error: Invalid value: workers: Input should be greater than or equal to 0 (got -1)"
     )
+    # A folder where an S3 URL goes: refused with the other settings, not by a traceback.
+    folder = _sdserve("serve", "--storage", str(tmp_path / "images"), "--port", "0", cwd=tmp_path)
+    assert folder.returncode == 2 and "Traceback" not in folder.stderr, folder.stderr
+    assert folder.stderr.splitlines()[-1].startswith(
+        "Error: Invalid value: storage URL must start with s3://"
+    ), folder.stderr

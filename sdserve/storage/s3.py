@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from sdserve.storage.base import image_key
+from sdserve.storage.location import ADDRESSING_STYLES, parse_s3_url
 
-URL_PARAMS = ("endpoint_url", "region", "addressing_style")
-ADDRESSING_STYLES = ("path", "virtual")
 MAX_PRESIGN_S = 7 * 24 * 3600  # the SigV4 maximum
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -71,47 +69,14 @@ class S3ImageStore:
 
     @classmethod
     def from_url(cls, url: str) -> S3ImageStore:
-        """Parse `s3://BUCKET[/PREFIX][?endpoint_url=...&region=...&addressing_style=path|virtual]`."""
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "s3":
-            raise ValueError(f"storage URL must start with s3://, got {url!r}")
-        if "@" in parts.netloc:
-            raise ValueError(
-                "storage URL must not carry credentials; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (or a profile / instance role) instead"
-            )
-        bucket = parts.netloc
-        if not bucket:
-            raise ValueError(
-                f"storage URL names no bucket: {url!r} (expected s3://BUCKET[/PREFIX])"
-            )
-        if parts.fragment:
-            raise ValueError(f"storage URL must not have a #fragment: {url!r}")
-        params: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in URL_PARAMS:
-                raise ValueError(
-                    f"unknown storage URL parameter {name!r}; allowed: {', '.join(URL_PARAMS)}"
-                )
-            if name in params:
-                raise ValueError(f"storage URL parameter {name!r} given twice")
-            if not value:
-                raise ValueError(f"storage URL parameter {name!r} is empty")
-            params[name] = value
-        endpoint_url = params.get("endpoint_url")
-        if endpoint_url is not None:
-            endpoint = urlsplit(endpoint_url)
-            if endpoint.scheme not in ("http", "https") or not endpoint.netloc:
-                raise ValueError(
-                    f"storage URL parameter 'endpoint_url' must be an http(s) URL, "
-                    f"got {endpoint_url!r}"
-                )
+        """The store a `--storage` URL names (storage/location.py says which URLs do)."""
+        where = parse_s3_url(url)
         return cls(
-            bucket,
-            parts.path,
-            endpoint_url=endpoint_url,
-            region=params.get("region"),
-            addressing_style=params.get("addressing_style"),
+            where.bucket,
+            where.prefix,
+            endpoint_url=where.endpoint_url,
+            region=where.region,
+            addressing_style=where.addressing_style,
         )
 
     def _object_key(self, key: str) -> str:
