@@ -22,7 +22,7 @@ SIZE = 128
 BODY = {
     "input": {
         "prompt": "a red circle on a blue background", "seed": 5, "width": SIZE,
-        "height": SIZE, "num_inference_steps": 30,
+        "height": SIZE, "num_inference_steps": 120,
     }
 }  # fmt: skip
 
@@ -64,7 +64,7 @@ def test_readers_follow_a_job_s_progress_previews_and_end(http: httpx.Client) ->
         assert names[-1] == "done" and names.count("done") == 1, names
         assert events[-1][1] == status  # the end as /status tells it, output included
         steps = [data["step"] for name, data in events if name == "progress"]
-        assert steps == sorted(steps) and steps[-1] <= 30, steps
+        assert steps == sorted(steps) and steps[-1] <= 120, steps
         assert len(steps) >= 2, names
         previews = [data for name, data in events if name == "preview"]
         assert previews, names
@@ -103,7 +103,7 @@ def test_the_openai_client_streams_partial_images_then_the_image(
             size=f"{SIZE}x{SIZE}",
             stream=True,
             partial_images=2,
-            extra_body={"num_inference_steps": 60, "seed": 5},
+            extra_body={"num_inference_steps": 150, "seed": 5},
         )
         events = list(stream)
     kinds = [event.type for event in events]
