@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,6 +185,16 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 120, explain: Callable[[], str] = str
+) -> None:
+    """Poll `condition` until it holds; past `timeout_s`, fail with `explain()`."""
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, f"timed out: {explain()}"
+        time.sleep(0.1)
 
 
 def wait_for(

@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import ONE_WORKER, ServerProcess, wait_for
+from tests.helpers import ONE_WORKER, ServerProcess, wait_for, wait_until
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: "
@@ -134,7 +133,4 @@ def test_a_second_signal_stops_at_once_and_the_job_runs_after_a_restart(tmp_path
 
 
 def wait_for_text(server: ServerProcess, text: str, timeout_s: float = 60) -> None:
-    deadline = time.time() + timeout_s
-    while text not in server.log():
-        assert time.time() < deadline, server.log()
-        time.sleep(0.1)
+    wait_until(lambda: text in server.log(), timeout_s, server.log)

@@ -16,7 +16,7 @@ import torch
 
 from sdserve.worker import cores
 from sdserve.worker.cores import GENERATING, HOLDING, IDLE, CoreShare
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, wait_for, wait_until
 
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores or more")
 CORES = os.cpu_count() or 1
@@ -181,10 +181,3 @@ def test_default_cpu_server_shares_cores_between_its_two_workers(
             assert _threads_of(log, worker)[-1] == CORES, log
     finally:
         server.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 120) -> None:
-    deadline = time.time() + timeout_s
-    while not condition():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
