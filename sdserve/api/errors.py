@@ -94,8 +94,9 @@ def field_errors(error: ApiError) -> list[FieldError] | None:
     return [FieldError.model_validate(e) for e in error.errors] or None
 
 
-RuleErrors = Callable[[Request, RequestValidationError], Awaitable[list[dict[str, str]]]]
-"""The model rules a request the schema refused breaks too (api/rules.py)."""
+RuleErrors = Callable[[Request, object, set[str]], Awaitable[list[dict[str, str]]]]
+"""The model rules a request the schema refused breaks too, given its raw body and the fields
+the schema reported (api/rules.py)."""
 
 
 def _bad_fields(errors: list[dict[str, str]]) -> ApiError:
@@ -150,7 +151,8 @@ def install_error_handlers(
         error = _api_error(request, exc)
         if isinstance(exc, RequestValidationError) and rule_errors is not None:
             # Every bad field at once: the model's rules too, for the fields that parsed.
-            more = await rule_errors(request, exc)
+            reported = {e["field"] for e in error.errors}
+            more = await rule_errors(request, exc.body, reported)
             if more:
                 error = replace(error, **vars(_bad_fields(error.errors + more)))
         return render_for(route_path(request.scope))(error)

@@ -4,7 +4,6 @@ DeepInfra's OpenAI-compatible base /v1/openai."""
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -28,6 +27,7 @@ from sdserve.api.openai_protocol import (
     ModelCard,
     ModelList,
     OpenAIError,
+    OpenAIErrorDetail,
     PartialImageEvent,
     ResponseFormat,
     render_error,
@@ -166,11 +166,10 @@ async def _stream(caller: Caller, job: Job, partial_images: int) -> AsyncIterato
     async for update in follow(caller.ctx.service, caller.owner, job):
         job = update.job
         preview = update.preview
-        due = preview is not None and sent < partial_images
         if (
             preview is not None
-            and due
-            and preview.step * (partial_images + 1) >= (preview.total * (sent + 1))
+            and sent < partial_images
+            and preview.step * (partial_images + 1) >= preview.total * (sent + 1)
         ):
             event = PartialImageEvent(
                 type="image_generation.partial_image",
@@ -184,9 +183,10 @@ async def _stream(caller: Caller, job: Job, partial_images: int) -> AsyncIterato
     if job.status != JobStatus.COMPLETED:
         # The openai SDK raises an APIError for an event whose data holds `error`.
         message = f"image generation failed: {job.error or f'the job ended {job.status.value}'}"
-        failure = {"message": message, "type": "server_error", "param": None}
-        error = {"error": {**failure, "code": GenerationFailed.code}}
-        yield ServerSentEvent(json.dumps(error), event="error")
+        detail = OpenAIErrorDetail(
+            message=message, type="server_error", param=None, code=GenerationFailed.code
+        )
+        yield ServerSentEvent(OpenAIError(error=detail).model_dump_json(), event="error")
         return
     for result in job.outputs:
         completed = CompletedEvent(

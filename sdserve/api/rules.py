@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 
 from sdserve.api.context import ApiContext
-from sdserve.api.errors import RuleErrors, validation_errors
+from sdserve.api.errors import RuleErrors
 from sdserve.jobs.requests import FieldNames, rule_problems
 
 
@@ -37,18 +36,19 @@ def rule_errors_for(readers: dict[str, RawReader], route_path: Callable[[Any], s
     """The model-rule errors of a refused request, for the routes `readers` names (by their
     path template), leaving out the fields the schema already reported."""
 
-    async def rule_errors(request: Request, exc: RequestValidationError) -> list[dict[str, str]]:
+    async def rule_errors(
+        request: Request, body: object, reported: set[str]
+    ) -> list[dict[str, str]]:
         reader = readers.get(route_path(request.scope))
         if reader is None:
             return []
-        raw = reader(request, exc.body)
+        raw = reader(request, body)
         ctx: ApiContext | None = getattr(request.app.state, "ctx", None)
         if raw is None or ctx is None:
             return []
         spec = ctx.service.registry.resolve(raw.model)
         if spec is None:
             return []
-        reported = {error["field"] for error in validation_errors(exc)}
         problems = rule_problems(spec, raw.values, raw.fields)
         return [{"field": p.field, "message": p.rule} for p in problems if p.field not in reported]
 

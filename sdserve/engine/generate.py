@@ -174,20 +174,23 @@ def _one_after_another(
             last_total = total
             on_step(before + done, before + total * left)
 
-        def preview(
-            done: int,
-            total: int,
-            first: int,
-            images: list[Image.Image],
-            before: int = images_before,
-        ) -> None:
-            if on_preview is not None:
-                on_preview(done, total, before + first, images)
-
-        results.append(generate(pipes, request, step, options, preview))
+        shifted = _shifted(on_preview, images_before)
+        results.append(generate(pipes, request, step, options, shifted))
         done_before += last_total
         images_before += request.num_outputs
     return results
+
+
+def _shifted(on_preview: OnPreview | None, skip: int) -> OnPreview | None:
+    """`on_preview` for a request whose first image is image `skip` of its batch."""
+    if on_preview is None:
+        return None
+    hook = on_preview
+
+    def preview(done: int, total: int, first: int, images: list[Image.Image]) -> None:
+        hook(done, total, skip + first, images)
+
+    return preview
 
 
 def _checked(

@@ -217,9 +217,10 @@ def rule_problems(
     spec: ModelSpec, values: Mapping[str, object], fields: FieldNames
 ) -> list[InvalidInput]:
     """The model's size and sampler rules broken by `values` (canonical names: width, height,
-    scheduler, init_image; raw as sent): checked beside a request's schema errors, so that a
-    request with several bad fields hears of them all at once. Values of the wrong type are
-    left out: the schema reported them."""
+    scheduler, init_image; raw as sent, or as `build_request` resolved them). The API checks
+    them beside a refused request's schema errors too, so that a request with several bad
+    fields hears of them all at once; values of the wrong type are left out, as the schema
+    reported them."""
     problems: list[InvalidInput] = []
     for name in ("width", "height"):
         value = values.get(name)
@@ -272,9 +273,13 @@ async def build_request(
     if (draft.use_compel or limits.compel_everywhere) and rules.family.compel:
         check(check_compel_prompt, _named(fields, "prompt"), draft.prompt)
         check(check_compel_prompt, _named(fields, "negative_prompt"), negative)
-    check(check_size, _named(fields, "width"), width, spec)
-    check(check_size, _named(fields, "height"), height, spec)
-    check(check_scheduler, _named(fields, "scheduler"), scheduler, spec, bool(draft.init_image))
+    sized = {
+        "width": width,
+        "height": height,
+        "scheduler": scheduler,
+        "init_image": draft.init_image,
+    }
+    problems += rule_problems(spec, sized, fields)
     check(_check_family, spec, draft, fields)
     if draft.lora is not None and limits.loras_dir is not None:
         try:

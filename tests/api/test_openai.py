@@ -256,6 +256,14 @@ def test_failed_generation_is_a_500_not_retried(sdk: OpenAI, server: ServerProce
     assert error.response.headers["x-should-retry"] == "false"
 
 
+def test_a_failed_streamed_generation_ends_the_stream_with_an_error(sdk: OpenAI) -> None:
+    stream = sdk.images.generate(prompt="p", model="broken", stream=True, **FAST)
+    with pytest.raises(openai.APIError) as caught:
+        list(stream)
+    assert caught.value.code == "generation_failed", caught.value
+    assert "image generation failed" in caught.value.message
+
+
 def test_queue_full_is_an_openai_rate_limit() -> None:
     error = ApiError(429, "the queue is full", headers={"Retry-After": "5"})
     response = render_error(error)
