@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +95,42 @@ def test_a_perfect_model_samples_back_its_data(pipes: PipelineSet, name: Schedul
     # Catches settings that hurt real models, such as DDIM clipping SD's latents to [-1, 1]
     # (an error of about 0.6 here). What remains for DDIM and PNDM is SD's own last bit of noise.
     assert _sample_with_an_ideal_model(name, pipes.scheduler_config) < 0.1
+
+
+def test_k_lms_coefficients_remembered_across_runs_are_diffusers_own(
+    pipes: PipelineSet,
+) -> None:
+    from diffusers import LMSDiscreteScheduler
+
+    # Two schedules of one length (the model's, and one with other betas) and one of another
+    # length, interleaved, each asked twice: a value remembered under the wrong schedule shows.
+    configs = [pipes.scheduler_config, {**pipes.scheduler_config, "beta_end": 0.02}]
+    runs = [(config, steps) for steps in (12, 25) for config in configs] * 2
+    for config, steps in runs:
+        served = _scheduler("K-LMS", config)
+        plain = LMSDiscreteScheduler.from_config(config)
+        served.set_timesteps(steps)
+        plain.set_timesteps(steps)
+        for t in range(steps):
+            order = min(t + 1, 4)
+            for current in range(order):
+                expected = plain.get_lms_coefficient(order, t, current)
+                assert served.get_lms_coefficient(order, t, current) == expected
+
+
+def test_k_lms_images_equal_diffusers_own_k_lms(tiny_model: Path, pipes: PipelineSet) -> None:
+    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
+
+    plain = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
+    plain.set_progress_bar_config(disable=True)
+    plain.scheduler = LMSDiscreteScheduler.from_config(plain.scheduler.config)
+
+    def draw(pipe: Any) -> Any:
+        generator = torch.Generator().manual_seed(7)
+        result = pipe("a cat", height=64, width=64, num_inference_steps=6, generator=generator)
+        return np.asarray(result.images[0])
+
+    expected = draw(plain)
+    for _ in range(2):  # the second run takes every coefficient remembered
+        pipes.txt2img.scheduler = make_scheduler("K-LMS", pipes.scheduler_config)
+        assert (draw(pipes.txt2img) == expected).all()
