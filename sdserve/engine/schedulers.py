@@ -24,6 +24,9 @@ def _diffusers_class(class_name: str) -> type[SchedulerMixin]:
 
 _LMS_COEFFICIENTS_KEPT = 4096
 """Enough for every step of ~40 different schedules (a schedule of n steps has < 4n)."""
+_lms_coefficients: OrderedDict[tuple[int, int, tuple[float, ...]], float] = OrderedDict()
+"""K-LMS coefficients by (order, which one, the sigmas they span), the most recent last."""
+_lms_lock = threading.Lock()
 
 
 class RememberingLMSScheduler(LMSDiscreteScheduler):
@@ -35,22 +38,19 @@ class RememberingLMSScheduler(LMSDiscreteScheduler):
     which coefficient, and the sigmas it spans, so the value computed once for a schedule
     is the value every later run of that schedule gets, to the bit."""
 
-    _known: OrderedDict[tuple[int, int, tuple[float, ...]], float] = OrderedDict()
-    _lock = threading.Lock()
-
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         spanned = tuple(self.sigmas[t - order + 1 : t + 2].tolist())
         key = (order, current_order, spanned)
-        with self._lock:
-            known = self._known.get(key)
+        with _lms_lock:
+            known = _lms_coefficients.get(key)
             if known is not None:
-                self._known.move_to_end(key)
+                _lms_coefficients.move_to_end(key)
                 return known
         value: float = super().get_lms_coefficient(order, t, current_order)
-        with self._lock:
-            self._known[key] = value
-            if len(self._known) > _LMS_COEFFICIENTS_KEPT:
-                self._known.popitem(last=False)
+        with _lms_lock:
+            _lms_coefficients[key] = value
+            if len(_lms_coefficients) > _LMS_COEFFICIENTS_KEPT:
+                _lms_coefficients.popitem(last=False)
         return value
 
 
