@@ -121,14 +121,11 @@ def measure(layout: str, args: argparse.Namespace, model: str, work: Path) -> Re
 
 def overhead(args: argparse.Namespace, model: str, work: Path) -> None:
     """Median /runsync latency over the raw call's, one request at a time, alternating."""
-    raw_s, served_s = served_and_raw(
+    measured = served_and_raw(
         work / "overhead", args.port, model, args.size, args.steps, args.overhead_rounds, 0.5
     )
-    print(
-        f"serving overhead: runsync {served_s * 1000:.0f} ms / raw {raw_s * 1000:.0f} ms"
-        f" = x{served_s / raw_s:.3f} (median of {args.overhead_rounds}; goal <= 1.03)",
-        flush=True,
-    )
+    print(f"serving overhead, medians of {args.overhead_rounds}:", flush=True)
+    print(measured.report(), flush=True)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """LitServe around the same diffusers call sdserve makes, for bench/litserve_compare.py; run
 with the python of an environment that has litserve (see there).
 
-    python bench/litserve_app.py MODEL --port 8767 [--workers 1] [--max-batch 4]
+    python bench/litserve_app.py MODEL --port 8767 [--workers 1] [--max-batch 4] \
+        [--scheduler LMSDiscreteScheduler]
 """
 
 import argparse
@@ -9,18 +10,20 @@ import base64
 import io
 from typing import Any
 
+import diffusers
 import litserve as ls
 import torch
-from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 
 SIZE, STEPS = 128, 10
 
 
 class Diffusion(ls.LitAPI):  # type: ignore[misc]
-    def __init__(self, model: str, one_thread: bool) -> None:
+    def __init__(self, model: str, one_thread: bool, scheduler: str) -> None:
         super().__init__()
         self.model = model
         self.one_thread = one_thread
+        self.scheduler = getattr(diffusers, scheduler)
 
     def setup(self, device: str) -> None:
         if self.one_thread:  # workers share the cores, as sdserve's do
@@ -38,7 +41,7 @@ class Diffusion(ls.LitAPI):  # type: ignore[misc]
     def predict(self, inputs: Any) -> Any:
         many = isinstance(inputs, list)
         items = inputs if many else [inputs]
-        self.pipe.scheduler = LMSDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        self.pipe.scheduler = self.scheduler.from_config(self.pipe.scheduler.config)
         images = self.pipe(
             [prompt for prompt, _ in items], height=SIZE, width=SIZE,
             num_inference_steps=STEPS, guidance_scale=7.5,
@@ -61,10 +64,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--scheduler", default="LMSDiscreteScheduler", help="diffusers' class")
     args = parser.parse_args()
     batching = {"max_batch_size": args.max_batch, "batch_timeout": 0.01}
     server = ls.LitServer(
-        Diffusion(args.model, one_thread=args.workers > 1),
+        Diffusion(args.model, one_thread=args.workers > 1, scheduler=args.scheduler),
         accelerator="cpu",
         workers_per_device=args.workers,
         **(batching if args.max_batch > 1 else {}),

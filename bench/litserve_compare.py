@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.batching import concurrent_round
 from bench.overhead import start_server
+from sdserve.samplers import SAMPLERS
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow moon", "a black cat"]
 SIZE, STEPS = 128, 10
@@ -50,12 +51,12 @@ def litserve_body(seed: int) -> dict[str, Any]:
     return {"prompt": PROMPTS[seed % len(PROMPTS)], "seed": seed}
 
 
-def sdserve_body(seed: int) -> dict[str, Any]:
+def sdserve_body(seed: int, scheduler: str = "K-LMS") -> dict[str, Any]:
     return {
         "input": {
             "prompt": PROMPTS[seed % len(PROMPTS)], "width": SIZE, "height": SIZE,
             "num_inference_steps": STEPS, "guidance_scale": 7.5, "seed": seed,
-            "scheduler": "K-LMS",
+            "scheduler": scheduler,
         }
     }  # fmt: skip
 
@@ -66,6 +67,7 @@ def measure_litserve(python: str, model: str, port: int, layout: tuple[int, int]
     app = Path(__file__).with_name("litserve_app.py")
     command = [python, str(app), model, "--port", str(port)]
     command += ["--workers", str(workers), "--max-batch", str(max_batch)]
+    command += ["--scheduler", SAMPLERS[args.scheduler].diffusers_class]
     # A session of its own: LitServe's API and inference processes all go with it.
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -98,9 +100,13 @@ def measure_sdserve(
     server = start_server(data_dir, port, [model], False, options=options)
     try:
         url = f"http://127.0.0.1:{port}/v2/default/runsync"
+
+        def body(seed: int) -> dict[str, Any]:
+            return sdserve_body(seed, args.scheduler)
+
         for seed in range(2):
-            httpx.post(url, json=sdserve_body(seed), timeout=600).raise_for_status()
-        return load(url, sdserve_body, args)
+            httpx.post(url, json=body(seed), timeout=600).raise_for_status()
+        return load(url, body, args)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -123,6 +129,12 @@ def main() -> None:
         help="options of one sdserve layout to measure besides its defaults (repeatable;"
         " default: --workers 1)",
     )
+    parser.add_argument(
+        "--scheduler",
+        default="K-LMS",
+        choices=list(SAMPLERS),
+        help="the sampler both servers run (sdserve's name)",
+    )
     args = parser.parse_args()
     if not args.litserve_python:
         parser.error("--litserve-python is needed (see the docstring)")
@@ -132,7 +144,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sdserve-litserve-"))
     model = str(work / "tiny-random")
     build_random_pipeline(Path(model), seed=0)
-    print(f"{args.clients} clients x {args.requests} requests; {SIZE}x{SIZE}, {STEPS} steps, K-LMS")
+    print(
+        f"{args.clients} clients x {args.requests} requests; {SIZE}x{SIZE}, {STEPS} steps,"
+        f" {args.scheduler}"
+    )
     results: dict[str, float] = {}
     names = {f"{w}x{b}": name for name, (w, b) in LAYOUTS.items()}
     for offset, name in enumerate(names[layout] for layout in args.litserve_layouts.split(",")):

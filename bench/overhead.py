@@ -1,10 +1,13 @@
 """Overhead of serving: the same request as a raw diffusers call and through /runsync.
 
-Starts `sdserve serve` on loopback, runs the same request (model, size, steps, seed,
-scheduler) alternately in-process and through the server, and prints the median
-ratio server/raw measured in this one run. Goal: <= 1.05 for 20 steps at 256x256.
+Starts `sdserve serve` on loopback and runs the same request (model, size, steps, seed,
+sampler) three ways in turn: diffusers' own pipeline call in-process, sdserve's engine
+(`generate`, the worker's work without the server) in-process, and `/runsync`. Prints the
+medians and their ratios, measured in this one run: /runsync over the raw call is issue 11's
+goal (<= 1.03 at 20 steps, 256x256); over the engine it is what the server alone costs.
 
     python bench/overhead.py [--steps 20] [--size 256] [--rounds 5] [--model PATH]
+        [--scheduler K-LMS] [--server-options '--workers 1']
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -70,6 +74,34 @@ def start_server(
     raise SystemExit(f"server did not start; the end of its log ({log}):\n{tail}")
 
 
+@dataclass(frozen=True)
+class Overhead:
+    """Median seconds of one request made three ways in one run."""
+
+    raw_s: float
+    """diffusers' own pipeline call, in-process, as a user of diffusers writes it."""
+    engine_s: float
+    """sdserve's engine (`generate`) in-process: the worker's work without the server."""
+    served_s: float
+    """`/runsync` through the server."""
+    served_over_raw: float
+    """The median of each round's /runsync over its raw call (rounds share the machine's
+    momentary speed, which drifts by more than the effects measured)."""
+    served_over_engine: float
+    """The same, over the engine's call in-process: what the server alone adds."""
+
+    def report(self) -> str:
+        raw, engine, served = self.raw_s, self.engine_s, self.served_s
+        return (
+            f"raw diffusers call   {raw * 1000:8.1f} ms\n"
+            f"sdserve engine       {engine * 1000:8.1f} ms  (x{engine / raw:.3f} the raw call)\n"
+            f"server /runsync      {served * 1000:8.1f} ms  (x{served / raw:.3f} the raw call,"
+            f" x{served / engine:.3f} the engine in-process)\n"
+            f"per round, median:   /runsync over raw x{self.served_over_raw:.3f} (goal <= 1.03),"
+            f" over the engine x{self.served_over_engine:.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -86,6 +118,7 @@ def main() -> None:
     parser.add_argument(
         "--server-options", default="", help="options of `sdserve serve`, e.g. '--workers 2'"
     )
+    parser.add_argument("--scheduler", default="K-LMS", help="sdserve's name of the sampler")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="sdserve-bench-"))
@@ -97,16 +130,14 @@ def main() -> None:
 
         model_dir = str(data_dir / "tiny-random")
         build_random_pipeline(Path(model_dir), seed=0)
-    raw_s, served_s = served_and_raw(
+    measured = served_and_raw(
         data_dir, args.port, model_dir, args.size, args.steps, args.rounds, args.pause,
-        args.nsfw_check, args.server_options.split(),
+        args.nsfw_check, args.server_options.split(), args.scheduler,
     )  # fmt: skip
     check = "with" if args.nsfw_check else "without"
-    print(f"request: {args.steps} steps, {args.size}x{args.size}, K-LMS, seed 42")
-    print(f"server runs {check} its NSFW check (the raw call has none)")
-    print(f"raw pipeline call  median {raw_s * 1000:8.1f} ms over {args.rounds} rounds")
-    print(f"server /runsync    median {served_s * 1000:8.1f} ms over {args.rounds} rounds")
-    print(f"ratio served/raw   {served_s / raw_s:.3f}  (goal <= 1.05)")
+    print(f"request: {args.steps} steps, {args.size}x{args.size}, {args.scheduler}, seed 42")
+    print(f"server runs {check} its NSFW check (the raw call has none); medians of {args.rounds}")
+    print(measured.report())
 
 
 def served_and_raw(
@@ -119,51 +150,76 @@ def served_and_raw(
     pause: float,
     nsfw_check: bool = False,
     options: Sequence[str] = (),
-) -> tuple[float, float]:
-    """Median seconds of the same request as a raw in-process diffusers call and through a
-    server started on `port` (with its default settings, and `options`), alternating, after
-    one warm-up."""
+    scheduler: str = "K-LMS",
+) -> Overhead:
+    """Median seconds of the same request as a raw in-process diffusers call, through
+    sdserve's engine in-process, and through a server started on `port` (with its default
+    settings, and `options`), taking turns, after one warm-up of each."""
+    import diffusers
     import torch
-    from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
+
+    from sdserve.canonical import GenerationRequest
+    from sdserve.engine.generate import EngineOptions, generate
+    from sdserve.engine.pipelines import load_pipelines
+    from sdserve.registry import ModelSpec
+    from sdserve.samplers import SAMPLERS
 
     server = start_server(data_dir, port, [model_dir], nsfw_check, options=options)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None)
         pipe.set_progress_bar_config(disable=True)
+        scheduler_class = getattr(diffusers, SAMPLERS[scheduler].diffusers_class)
+        pipes = load_pipelines(ModelSpec(name="default", source=model_dir), "cpu")
+        engine_options = EngineOptions(nsfw_check=nsfw_check)
         prompt = "a red circle on a blue background"
-        body = {
-            "input": {
-                "prompt": prompt, "width": size, "height": size, "num_inference_steps": steps,
-                "guidance_scale": 7.5, "seed": 42, "scheduler": "K-LMS",
-            }
+        fields = {
+            "prompt": prompt, "width": size, "height": size, "num_inference_steps": steps,
+            "guidance_scale": 7.5, "seed": 42, "scheduler": scheduler,
         }  # fmt: skip
+        request = GenerationRequest(
+            model="default", negative_prompt="", num_outputs=1, prompt_strength=0.8, **fields
+        )
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
 
         def raw() -> float:
             started = time.perf_counter()
-            pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
             pipe(
                 prompt, height=size, width=size, num_inference_steps=steps, guidance_scale=7.5,
                 generator=torch.Generator("cpu").manual_seed(42),
             )  # fmt: skip
             return time.perf_counter() - started
 
+        def engine() -> float:
+            started = time.perf_counter()
+            generate(pipes, request, lambda done, total: None, engine_options)
+            return time.perf_counter() - started
+
         def served() -> float:
             started = time.perf_counter()
-            answer = client.post("/v2/default/runsync", json=body).json()
+            answer = client.post("/v2/default/runsync", json={"input": fields}).json()
             assert answer["status"] == "COMPLETED", answer
             return time.perf_counter() - started
 
-        raw(), served()  # warm-up
-        raw_times, served_times = [], []
-        for _ in range(rounds):
-            # A pause between calls lets the other process's idle torch threads stop spinning:
-            # on a small CPU they would otherwise steal cores from the call being measured.
-            time.sleep(pause)
-            raw_times.append(raw())
-            time.sleep(pause)
-            served_times.append(served())
-        return statistics.median(raw_times), statistics.median(served_times)
+        ways = (raw, engine, served)
+        times: list[list[float]] = [[] for _ in ways]
+        for way in ways:  # warm-up
+            way()
+        for round_ in range(rounds):
+            # Each way goes first in turn: the call after /runsync shares the cores with the
+            # worker's torch threads while they spin down, and no way should always be it.
+            for index in (round_ + k for k in range(len(ways))):
+                # A pause between calls lets the other process's idle torch threads stop
+                # spinning: on a small CPU they would otherwise steal cores from the call.
+                time.sleep(pause)
+                times[index % len(ways)].append(ways[index % len(ways)]())
+        raw_s, engine_s, served_s = (statistics.median(taken) for taken in times)
+        raws, engines, serveds = times
+        return Overhead(
+            raw_s, engine_s, served_s,
+            statistics.median(s / r for s, r in zip(serveds, raws, strict=True)),
+            statistics.median(s / e for s, e in zip(serveds, engines, strict=True)),
+        )  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=30)
