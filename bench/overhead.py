@@ -206,13 +206,13 @@ def served_and_raw(
         for way in ways:  # warm-up
             way()
         for round_ in range(rounds):
-            # Each way goes first in turn: the call after /runsync shares the cores with the
-            # worker's torch threads while they spin down, and no way should always be it.
-            for index in (round_ + k for k in range(len(ways))):
+            # The in-process calls take turns right after /runsync: with a server up, the call
+            # that follows it measured slower, and neither way should always be that one.
+            for index in (2, 0, 1) if round_ % 2 == 0 else (2, 1, 0):
                 # A pause between calls lets the other process's idle torch threads stop
                 # spinning: on a small CPU they would otherwise steal cores from the call.
                 time.sleep(pause)
-                times[index % len(ways)].append(ways[index % len(ways)]())
+                times[index].append(ways[index]())
         raw_s, engine_s, served_s = (statistics.median(taken) for taken in times)
         raws, engines, serveds = times
         return Overhead(
