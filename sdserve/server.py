@@ -243,7 +243,7 @@ def serve(settings: Settings) -> None:
         # that let this function clean up and return (the defaults would kill or raise here).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: None)
-        server = _DrainingServer(config, supervisor)
+        server = _DrainingServer(config, app.state.ctx.service, supervisor)
         server.run(sockets=[listener])
         if server.force_exit:  # uvicorn skipped the app's shutdown: what it would have done
             supervisor.stop()  # the running jobs go back to the queue
@@ -254,13 +254,29 @@ def serve(settings: Settings) -> None:
         metrics.close_node_directory(directory)
 
 
-class _DrainingServer(uvicorn.Server):
-    """uvicorn, draining the workers: the first SIGINT or SIGTERM stops new jobs from starting
-    (the running ones finish, and so do the requests waiting on them), a second stops at
-    once (the jobs go back to the queue)."""
+class _StoppingServer(uvicorn.Server):
+    """uvicorn, whose stop answers the calls waiting on a job still queued at once (a
+    `/runsync` with the job as it stands, a synchronous dialect's call with a 503) instead of
+    holding the stop until their timeout: the node's workers start no more jobs."""
 
-    def __init__(self, config: uvicorn.Config, supervisor: WorkerSupervisor) -> None:
+    def __init__(self, config: uvicorn.Config, service: JobService) -> None:
         super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._service.stop_waiting_on_queued()
+        super().handle_exit(sig, frame)
+
+
+class _DrainingServer(_StoppingServer):
+    """The primary's uvicorn, draining the workers: the first SIGINT or SIGTERM stops new jobs
+    from starting (the running ones finish, and so do the requests waiting on them), a second
+    stops at once (the jobs go back to the queue)."""
+
+    def __init__(
+        self, config: uvicorn.Config, service: JobService, supervisor: WorkerSupervisor
+    ) -> None:
+        super().__init__(config, service)
         self._supervisor = supervisor
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -296,7 +312,8 @@ def listen(host: str, port: int) -> socket.socket:
 def replica_main(settings: Settings, listener: socket.socket, link: ReplicaLink) -> None:
     """A replica API process: serve HTTP on the primary's socket until stopped."""
     setup_logging(settings.log_format, settings.access_log)
-    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings, replica=link)))
+    app = create_app(settings, replica=link)
+    server = _StoppingServer(_uvicorn_config(settings, app), app.state.ctx.service)
 
     def stop() -> None:
         server.should_exit = True

@@ -111,7 +111,7 @@ def _data_uri(ctx: ApiContext) -> DataUri:
     response_model_exclude_unset=True,
     openapi_extra={**OPENAPI_EXTRA, "requestBody": _REQUEST_BODY},
     responses={
-        **ErrorDocs(ErrorBody).responses(*SUBMITTING, 504),
+        **ErrorDocs(ErrorBody).responses(*SUBMITTING, 503, 504),
         FAILED_STATUS: {
             "model": InferenceAnswer,
             "description": "The job failed: `error` says why",

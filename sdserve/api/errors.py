@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Scope
 
 from sdserve.api.auth import Unauthorized
-from sdserve.jobs.errors import InvalidInput, InvalidInputs, JobError, TooMany
+from sdserve.jobs.errors import InvalidInput, InvalidInputs, JobError
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,10 @@ def _api_error(request: Request, exc: Exception) -> ApiError:
         problems = exc.problems if isinstance(exc, InvalidInputs) else [exc]
         errors = [{"field": p.field, "message": p.rule} for p in problems]
         return ApiError(exc.status_code, exc.message, errors, code=exc.code)
-    if isinstance(exc, TooMany):
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return ApiError(429, exc.message, headers=headers, code=exc.code)
     if isinstance(exc, JobError):
-        return ApiError(exc.status_code, exc.message, code=exc.code)
+        retry = exc.retry_after_s
+        headers = {} if retry is None else {"Retry-After": str(retry)}
+        return ApiError(exc.status_code, exc.message, headers=headers, code=exc.code)
     if isinstance(exc, Unauthorized):
         return ApiError(401, exc.message, headers={"WWW-Authenticate": "Bearer"})
     if isinstance(exc, HTTPException):

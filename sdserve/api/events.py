@@ -46,6 +46,7 @@ async def follow(service: JobService, owner: str, job: Job) -> AsyncIterator[Upd
         if job.status.is_final:
             return
         try:
-            job = await service.wait_for(owner, job, POLL_S)
+            # A poll's wait, not a call's: the server's stop leaves it to end in its time.
+            job = await service.wait_for(owner, job, POLL_S, end_if_stopping=False)
         except JobNotFound:
             return

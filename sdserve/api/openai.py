@@ -47,8 +47,9 @@ router = APIRouter(tags=["openai"])
 _OMIT_UNSET: dict[str, Any] = {"response_model_exclude_unset": True}
 """An image carries `url` or `b64_json`, never both."""
 _ERRORS = ErrorDocs(OpenAIError)
-_GENERATES = _ERRORS.responses(*SUBMITTING, 500, 504)
-"""500: the job failed; 504: it did not finish within SYNC_WAIT_S."""
+_GENERATES = _ERRORS.responses(*SUBMITTING, 500, 503, 504)
+"""500: the job failed; 503: the server began to stop before it started; 504: it did not
+finish within SYNC_WAIT_S."""
 
 NAME = "openai"
 SYNC_WAIT_S = 540.0

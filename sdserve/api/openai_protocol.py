@@ -294,6 +294,7 @@ def render_error(error: ApiError) -> JSONResponse:
     headers = dict(error.headers)
     if error.status >= 500:
         # The openai SDK retries 5xx by default, queueing the work again; a failed generation
-        # fails again, so it is told not to.
-        headers["x-should-retry"] = "false"
+        # fails again, so it is told not to. A call refused for a while (a stopping server's,
+        # with Retry-After) may succeed again, and is told so.
+        headers["x-should-retry"] = "true" if "Retry-After" in headers else "false"
     return JSONResponse(OpenAIError(error=detail).model_dump(), error.status, headers=headers)

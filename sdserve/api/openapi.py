@@ -31,6 +31,8 @@ ERROR_STATUSES: dict[int, str] = {
     422: "The Idempotency-Key was sent before with a different request",
     429: "This key sends too many requests, or the queue is full: Retry-After says when to retry",
     500: "The job failed: the body says why",
+    503: "The server began to stop before the job started; it was cancelled: Retry-After says"
+    " when to send it again",
     504: "The job did not finish in time; it was cancelled",
 }
 """Every error status sdserve sends, and when."""
@@ -56,7 +58,7 @@ class ErrorDocs:
 
     def _response(self, status: int) -> dict[str, Any]:
         response: dict[str, Any] = {"model": self.body, "description": ERROR_STATUSES[status]}
-        if status == 429:
+        if status in (429, 503):
             response["headers"] = _RETRY_AFTER
         elif status == 401:
             response["headers"] = _WWW_AUTHENTICATE

@@ -14,6 +14,8 @@ class JobError(Exception):
     status_code = 400
     code: str | None = None
     """A short machine-readable reason, for dialects whose errors carry one (OpenAI's `code`)."""
+    retry_after_s: int | None = None
+    """Seconds after which the same call may succeed (the `Retry-After` header), if it may."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -129,3 +131,18 @@ class ResultTimeout(JobError):
 
     status_code = 504
     code = "timeout"
+
+
+class ServerStopping(JobError):
+    """A synchronous call's job had not started when the server began to stop; it was
+    cancelled, and the same request may be sent again (to another node, or after a restart)."""
+
+    status_code = 503
+    code = "server_stopping"
+
+    def __init__(self, job_id: str, retry_after_s: int) -> None:
+        super().__init__(
+            f"the server is stopping: job {job_id} had not started and has been cancelled;"
+            f" send the request again (retry in {retry_after_s} s)"
+        )
+        self.retry_after_s = retry_after_s

@@ -22,6 +22,7 @@ from sdserve.jobs.errors import (
     QueueFull,
     QuotaFull,
     ResultTimeout,
+    ServerStopping,
 )
 from sdserve.jobs.models import Job, JobCounts, JobPolicy, JobStatus, Preview, ProgressEvent
 from sdserve.jobs.outbound import check_url
@@ -38,6 +39,10 @@ from sdserve.jobs.watcher import JobWatcher
 from sdserve.registry import ModelRegistry, ModelSpec
 
 log = logging.getLogger(__name__)
+
+STOPPING_RETRY_AFTER_S = 5
+"""Retry-After of a synchronous call whose job the stopping server cancelled before it began:
+another node may take it at once, a restarted one within seconds."""
 
 UnknownModel = Callable[[str, ModelRegistry], JobError]
 """How a dialect refuses a model name the registry lacks (given the name and the registry)."""
@@ -219,23 +224,34 @@ class JobService:
             raise JobNotFound(str(number))
         return job
 
-    async def wait_for(self, owner: str, job: Job, timeout_s: float) -> Job:
-        """The caller's job once final, or as it stands after `timeout_s`."""
-        await self._watcher.wait(job.id, timeout_s)
+    async def wait_for(
+        self, owner: str, job: Job, timeout_s: float, end_if_stopping: bool = True
+    ) -> Job:
+        """The caller's job once final, or as it stands after `timeout_s`, or, if
+        `end_if_stopping`, while it is still queued once the server stops taking jobs."""
+        await self._watcher.wait(job.id, timeout_s, releasable=end_if_stopping)
         current = await asyncio.to_thread(self.store.get, job.id)
         if current is None or current.owner != owner:
             raise JobNotFound(job.id)
         return current
 
     async def finish_within(self, owner: str, job: Job, timeout_s: float) -> Job:
-        """The final job for synchronous dialects; past `timeout_s` it is cancelled (504)."""
+        """The final job for synchronous dialects; past `timeout_s` it is cancelled (504), as is
+        a job still queued when the server stops (503: the caller may send it again)."""
         job = await self.wait_for(owner, job, timeout_s)
         if not job.status.is_final:
             await asyncio.to_thread(self.cancel, owner, job.endpoint, job.id)
+            if job.status == JobStatus.IN_QUEUE and self._watcher.queued_released:
+                raise ServerStopping(job.id, STOPPING_RETRY_AFTER_S)
             raise ResultTimeout(
                 f"job {job.id} was not done within {timeout_s:.0f} s and has been cancelled"
             )
         return job
+
+    def stop_waiting_on_queued(self) -> None:
+        """The node's workers take no more jobs (the server is stopping): calls waiting on a
+        job still queued answer now instead of at their timeout (safe in a signal handler)."""
+        self._watcher.release_queued()
 
     def cancel(self, owner: str, endpoint: str, job_id: str) -> Job:
         """Cancel a queued or running job (a running one stops at its next step)."""

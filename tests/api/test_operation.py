@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -128,6 +129,64 @@ def test_a_second_signal_stops_at_once_and_the_job_runs_after_a_restart(tmp_path
     try:
         done = wait_for(client, f"/v2/default/status/{job_id}", {"COMPLETED", "FAILED"}, 300)
         assert done["status"] == "COMPLETED", done
+    finally:
+        server.stop()
+
+
+def test_calls_waiting_on_a_queued_job_answer_as_the_server_begins_to_stop(
+    tmp_path: Path,
+) -> None:
+    # One worker, busy with a long job: the next two jobs wait in the queue when SIGTERM comes.
+    server = ServerProcess(data_dir=tmp_path / "data", args=["--max-batch", "1"])
+    server.start()
+    client = httpx.Client(base_url=server.url, timeout=30)
+    running = client.post(
+        "/v2/default/run",
+        json={"input": {"prompt": "a red circle on a blue background", "num_inference_steps": 500}},
+    ).json()["id"]
+    wait_for(client, f"/v2/default/status/{running}", {"IN_PROGRESS"})
+    prompt = "a blue square on a yellow background"
+    with ThreadPoolExecutor(2) as calls:
+        runsync = calls.submit(
+            httpx.post,
+            f"{server.url}/v2/default/runsync?wait=300000",  # 5 minutes
+            json={"input": {"prompt": prompt, "seed": 1}},
+            timeout=400,
+        )
+        wait_until(lambda: client.get("/v2/default/health").json()["jobs"]["inQueue"] == 1, 30)
+        openai = calls.submit(
+            httpx.post,
+            f"{server.url}/v1/images/generations",
+            json={"prompt": prompt, "response_format": "b64_json"},
+            timeout=600,
+        )
+        wait_until(lambda: client.get("/v2/default/health").json()["jobs"]["inQueue"] == 2, 30)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        # Both answer now, not after their waits (5 and 9 minutes) or the running job.
+        answered = runsync.result(timeout=60)
+        refused = openai.result(timeout=60)
+
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "IN_QUEUE", answered.json()
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "5"
+    assert refused.headers["x-should-retry"] == "true"  # the openai client sends it again
+    error = refused.json()["error"]
+    assert error["code"] == "server_stopping", error
+    cancelled = re.search(r"job (\S+) had not started and has been cancelled", error["message"])
+    assert cancelled, error
+    assert _exit_code(server) == 0, server.log()  # once the running job has finished
+    assert "Traceback" not in server.log()
+
+    server.start()  # the same data: the queued job runs now, the refused one does not
+    try:
+        queued = answered.json()["id"]
+        done = wait_for(client, f"/v2/default/status/{queued}", {"COMPLETED", "FAILED"}, 300)
+        assert done["status"] == "COMPLETED", done
+        assert client.get(f"/v2/default/status/{running}").json()["status"] == "COMPLETED"
+        gone = client.get(f"/v2/default/status/{cancelled[1]}").json()
+        assert gone["status"] == "CANCELLED", gone
     finally:
         server.stop()
 

@@ -108,7 +108,7 @@ def test_k_lms_coefficients_remembered_across_runs_are_diffusers_own(
     runs = [(config, steps) for steps in (12, 25) for config in configs] * 2
     for config, steps in runs:
         served = _scheduler("K-LMS", config)
-        plain = LMSDiscreteScheduler.from_config(config)
+        plain = LMSDiscreteScheduler.from_config(config)  # type: ignore[no-untyped-call]
         served.set_timesteps(steps)
         plain.set_timesteps(steps)
         for t in range(steps):
@@ -121,9 +121,9 @@ def test_k_lms_coefficients_remembered_across_runs_are_diffusers_own(
 def test_k_lms_images_equal_diffusers_own_k_lms(tiny_model: Path, pipes: PipelineSet) -> None:
     from diffusers import LMSDiscreteScheduler, StableDiffusionPipeline
 
-    plain = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)
+    plain = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None)  # type: ignore[no-untyped-call]
     plain.set_progress_bar_config(disable=True)
-    plain.scheduler = LMSDiscreteScheduler.from_config(plain.scheduler.config)
+    plain.scheduler = LMSDiscreteScheduler.from_config(plain.scheduler.config)  # type: ignore[no-untyped-call]
 
     def draw(pipe: Any) -> Any:
         generator = torch.Generator().manual_seed(7)
