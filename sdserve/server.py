@@ -237,6 +237,18 @@ def serve(settings: Settings) -> None:
         app = create_app(settings, relay=replicas.relay)
         config = _uvicorn_config(settings, app)
         log.info("%s", startup_summary(settings, app.state.ctx.service.registry))
+        if (
+            settings.api_workers > 1
+            and settings.api_keys
+            and settings.rate_limit.strip().lower() != "none"
+            and settings.rate_limit_storage.startswith("memory")
+        ):
+            log.warning(
+                "the %d API processes each count request rates on their own: a key may get"
+                " up to %d times SDSERVE_RATE_LIMIT (%s); SDSERVE_RATE_LIMIT_STORAGE=redis://..."
+                " makes it exact",
+                settings.api_workers, settings.api_workers, settings.rate_limit,
+            )  # fmt: skip
         replicas.start(listener, app.state.supervisor.wake_semaphore)
         supervisor: WorkerSupervisor = app.state.supervisor
         # uvicorn raises the signals it caught again once it is done: they must find handlers

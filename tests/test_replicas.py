@@ -154,6 +154,8 @@ def test_replicas_exit_when_the_primary_is_killed(tmp_path: Path, tiny_model: Pa
     env = {"SDSERVE_API_KEYS": API_KEY}
     with running_server(tmp_path / "data", args, env, workers=False) as srv:
         assert srv.process is not None
+        # Keys and the default rate limit counted in memory: each process counts on its own.
+        assert "a key may get up to 3 times SDSERVE_RATE_LIMIT" in srv.log()
         deadline = time.time() + 60
         while len(replicas := api_pids(srv) - {srv.process.pid}) != 2:
             assert time.time() < deadline, srv.log()
