@@ -70,15 +70,18 @@ def client_port(client: httpx.Client) -> int:
 
 
 def open_clients(server: ServerProcess, count: int) -> list[httpx.Client]:
-    """`count` clients, each with one connection to the server, opened at once so that both
-    processes accept some."""
-    clients = [
-        httpx.Client(
+    """At least `count` clients, each with one connection to the server, and more (up to 8
+    times as many) until every API process holds one: the kernel hands each connection to
+    whichever process accepts first, and on a busy machine one may take a long run of them."""
+    processes = len(api_pids(server))
+    clients: list[httpx.Client] = []
+    while len(clients) < count or (
+        len(serving_pids(server, clients)) < processes and len(clients) < 8 * count
+    ):
+        client = httpx.Client(
             base_url=server.url, headers=AUTH, timeout=60, limits=httpx.Limits(max_connections=1)
         )
-        for _ in range(count)
-    ]
-    for client in clients:
+        clients.append(client)
         assert client.get("/healthz").status_code == 200
     return clients
 
