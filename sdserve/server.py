@@ -237,12 +237,7 @@ def serve(settings: Settings) -> None:
         app = create_app(settings, relay=replicas.relay)
         config = _uvicorn_config(settings, app)
         log.info("%s", startup_summary(settings, app.state.ctx.service.registry))
-        if (
-            settings.api_workers > 1
-            and settings.api_keys
-            and settings.rate_limit.strip().lower() != "none"
-            and settings.rate_limit_storage.startswith("memory")
-        ):
+        if settings.api_workers > 1 and app.state.ctx.rates.per_process:
             log.warning(
                 "the %d API processes each count request rates on their own: a key may get"
                 " up to %d times SDSERVE_RATE_LIMIT (%s); SDSERVE_RATE_LIMIT_STORAGE=redis://..."

@@ -22,6 +22,8 @@ class RateLimits:
         )
         storage = storage_from_string(f"async+{storage_uri}", key_prefix="sdserve")
         self._limiter = MovingWindowRateLimiter(storage)
+        self.per_process = bool(self._items) and storage_uri.startswith("memory")
+        """Whether the counts live in this process alone (each API process limits on its own)."""
 
     async def hit(self, owner: str) -> None:
         """Count one call of `owner`; raise `RateLimited` (with Retry-After) beyond a limit."""

@@ -17,7 +17,10 @@ class JobError(Exception):
     retry_after_s: int | None = None
     """Seconds after which the same call may succeed (the `Retry-After` header), if it may."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        if retry_after_s is not None:
+            message = f"{message}; retry in {retry_after_s} s"
+            self.retry_after_s = retry_after_s
         super().__init__(message)
         self.message = message
 
@@ -88,8 +91,7 @@ class TooMany(JobError):
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(f"{message}; retry in {retry_after_s} s")
-        self.retry_after_s = retry_after_s
+        super().__init__(message, retry_after_s)
 
 
 class QueueFull(TooMany):
@@ -143,6 +145,6 @@ class ServerStopping(JobError):
     def __init__(self, job_id: str, retry_after_s: int) -> None:
         super().__init__(
             f"the server is stopping: job {job_id} had not started and has been cancelled;"
-            f" send the request again (retry in {retry_after_s} s)"
+            " send the request again",
+            retry_after_s,
         )
-        self.retry_after_s = retry_after_s
