@@ -94,7 +94,7 @@ class ModelSpec(BaseModel):
     """Decode large images tile by tile, to bound the VAE's memory."""
     compile: bool = False
     """torch.compile the denoiser and the VAE decoder; compiled at worker start for the model's
-    default size (a worker that warms another model compiles this one on its first request)."""
+    default size, before the worker takes jobs."""
     channels_last: bool = False
     """Keep the UNet's and the VAE's weights in channels-last memory format (faster convolutions
     on recent NVIDIA GPUs)."""

@@ -64,16 +64,29 @@ class _Heartbeat(threading.Thread):
             time.sleep(HEARTBEAT_S)
 
 
-def _prepare_default(spec: ModelSpec | None, cache: PipelineCache) -> None:
-    """Load a model before any job, so the first one runs at full speed."""
-    if spec is None:
-        return
+def models_to_prepare(registry: ModelRegistry, models: list[str]) -> list[ModelSpec]:
+    """What a worker loads before its first job: its default model (the built-in one when it
+    serves it, else the first), so the first job runs at full speed; then every model that
+    models.toml marks `compile = true`, so its first user does not wait for the compiling.
+    (`--compile` for every model warms the default alone: loading them all could exceed the
+    device's memory.)"""
+    default = registry.resolve(DEFAULT_MODEL if DEFAULT_MODEL in models else models[0])
+    chosen = [default] if default is not None else []
+    for name in models:
+        spec = registry.resolve(name)
+        if spec is not None and spec.compile and spec not in chosen:
+            chosen.append(spec)
+    return chosen
+
+
+def _prepare(specs: list[ModelSpec], cache: PipelineCache) -> None:
     from sdserve.engine.speed import warm_up
 
-    try:
-        warm_up(cache.get(spec))  # compiles now, if the model is compiled
-    except Exception:
-        log.exception("could not load the default model %s; its jobs will fail", spec.name)
+    for spec in specs:
+        try:
+            warm_up(cache.get(spec))  # compiles now, if the model is compiled
+        except Exception:
+            log.exception("could not load the model %s; its jobs will fail", spec.name)
 
 
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:
@@ -204,11 +217,8 @@ def worker_main(
     speed = SpeedOptions(settings.compile, settings.channels_last, settings.fuse_qkv)
     cache = PipelineCache(device, int(budget * GIB) if budget else None, speed)
 
-    # Warm the default model when this worker serves it, else the first model it serves.
     with cores.generating() if cores is not None else nullcontext():
-        _prepare_default(
-            registry.resolve(DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]), cache
-        )
+        _prepare(models_to_prepare(registry, models), cache)
     # The first heartbeat announces the worker: only once it can take jobs at full speed.
     heartbeat = _Heartbeat(store, worker_id, parent_pid)
     heartbeat.start()
@@ -261,6 +271,12 @@ def worker_main(
                 )
             store.remove_worker(worker_id)
             store.close()
+        else:
+            # The worker's work is done and saved; what is left is the interpreter's exit. A
+            # stop arriving now (a second Ctrl-C ends a drain at once) must not raise in the
+            # middle of it, which prints a traceback into the server's log; the server kills
+            # a worker that has not exited within its timeout.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class UnknownQueue(ValueError):

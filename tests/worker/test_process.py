@@ -15,7 +15,7 @@ from sdserve.jobs.sqlite_store import SqliteJobStore
 from sdserve.registry import load_registry
 from sdserve.settings import Settings
 from sdserve.storage.local import LocalImageStore
-from sdserve.worker.process import request_runner
+from sdserve.worker.process import models_to_prepare, request_runner
 from tests.engine.helpers import make_request, save_random_lora
 from tests.helpers import decode_png
 
@@ -131,3 +131,29 @@ def test_without_a_lora_dir_the_data_dirs_loras_folder_is_used(
     # By default the server looks in <data-dir>/loras, empty here.
     assert job.status == JobStatus.FAILED
     assert job.error == "unknown LoRA 'ink'; installed: none"
+
+
+def test_a_worker_loads_its_default_and_every_model_marked_compile_before_its_first_job(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        "".join(
+            f'[models.{name}]\nsource = "{tiny_model}"\n{extra}\n'
+            for name, extra in [
+                ("plain", ""),
+                ("fast", "compile = true"),
+                ("quick", "compile = true"),
+            ]
+        )
+    )
+    registry = load_registry(models, [])
+
+    def prepared(served: list[str]) -> list[str]:
+        return [spec.name for spec in models_to_prepare(registry, served)]
+
+    # The built-in default first, then the compiled ones, so their first users do not wait.
+    assert prepared(["default", "plain", "fast", "quick"]) == ["default", "fast", "quick"]
+    # A worker of some queues: the first of them, then its compiled ones, each once.
+    assert prepared(["plain", "quick"]) == ["plain", "quick"]
+    assert prepared(["fast", "plain"]) == ["fast"]
