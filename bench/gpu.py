@@ -1,50 +1,58 @@
 """GPU speed of SD 1.5 and SDXL (real architectures, random weights): raw, served, compiled.
 
 In one run, on one device: a matrix-product micro-benchmark for the device's achievable peak;
-then per family a raw diffusers eager call (batch 1); `/v2/MODEL/runsync` one request at a time
-through a `sdserve serve` holding the model eager and compiled (`compile = true` in its
-models.toml); then a second server with dynamic batching (`--max-batch 16 --batch-wait-ms 50`)
-answering 16 concurrent requests. It prints progress as it goes, then a table: latency, images
-per second, the ratio to the raw eager call, and the share of the FLOP floor reached (the UNet's
-passes alone, at the peak measured: one SD 1.5 pass at 512x512 ~0.68 TFLOP, SDXL at 1024x1024
-~6 TFLOP, two passes a step with classifier-free guidance; text encoders and VAE not counted).
+then, family by family (all of SD 1.5 before SDXL, so a run cut short keeps whole families):
+a raw diffusers eager call (batch 1); a `sdserve serve` at its defaults answering
+`/v2/MODEL/runsync` one request at a time, then 16 concurrent requests (dynamic batching at the
+device's default `--max-batch`), with the pixel difference between a batched image and the same
+seed run alone; a second server with `--max-batch 16` answering the 16 concurrent requests, then
+one request at a time and 16 at once on the model compiled (`compile = true` in its models.toml;
+its first request loads and compiles it). Steps follow issue 11's goals: SD 1.5 at 512x512 and 50
+steps, SDXL at 1024x1024 and 30. It prints each result as it comes, then a table: latency,
+images per second, the ratio to the raw eager call, and the share of the FLOP floor reached (the
+UNet's passes alone, at the peak measured: one SD 1.5 pass at 512x512 ~0.68 TFLOP, SDXL at
+1024x1024 ~6 TFLOP, two passes a step with classifier-free guidance; text encoders and VAE not
+counted). Nothing is downloaded: the pipelines are built from the real configs
+(bench/full_configs.py), with local tokenizers.
 
-Two servers, as a batching server waits `--batch-wait-ms` after the first job for company,
-which would add that wait to every batch-1 latency. Nothing is downloaded: the pipelines are
-built from the real configs (bench/full_configs.py), with local tokenizers.
-
-    python bench/gpu.py                            # for a GPU: must finish in < 8 min on an H100
-    python bench/gpu.py --device cpu --tiny --no-compiled   # smoke: tiny models, 128x128, 2 steps
+    python bench/gpu.py                            # for a GPU: about 8 min on an H200
+    python bench/gpu.py --device cpu --tiny        # smoke: tiny models, 128x128, 2 steps
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import gc
+import io
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from overhead import start_server
+from PIL import Image
 
 from sdserve.families import FAMILIES, FamilyName
 
 PASS_TFLOP: dict[FamilyName, tuple[int, float]] = {"sd1": (512, 0.68), "sdxl": (1024, 6.0)}
 """One UNet pass at its native size, in TFLOP (issue 11); other sizes scale with the pixels."""
+FULL_STEPS: dict[FamilyName, int] = {"sd1": 50, "sdxl": 30}
+"""Issue 11's goals: SD 1.5 at 50 steps, SDXL at 30."""
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 SEED = 42
-FULL_STEPS, FULL_ROUNDS, FULL_CONCURRENT = 20, 3, 16
-TINY_SIZE, TINY_STEPS, TINY_ROUNDS, TINY_CONCURRENT = 128, 2, 2, 2
-BATCH_WAIT_MS = 50
+FULL_ROUNDS, FULL_CONCURRENT = 3, 16
+TINY_SIZE, TINY_STEPS, TINY_ROUNDS, TINY_CONCURRENT = 128, 2, 2, 4
 
 say = functools.partial(print, flush=True)
 _started = time.perf_counter()
@@ -73,7 +81,7 @@ class Plan:
     device: str
     tiny: bool
     size: dict[FamilyName, int]
-    steps: int
+    steps: dict[FamilyName, int]
     rounds: int
     concurrent: int
     port: int
@@ -81,6 +89,12 @@ class Plan:
     families: list[FamilyName]
     rows: list[Row] = field(default_factory=list)
     peak_tflops: float = 0.0
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        floor = _floor_share(self, row)
+        progress(f"{row.family}: {row.what}: latency {row.latency_s:.3f} s, "
+                 f"{row.images_per_s:.2f} img/s, floor {floor}% {row.note}")  # fmt: skip
 
 
 def main() -> None:
@@ -96,22 +110,21 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if plan.device.startswith("cuda") else "CPU"
     kind = "tiny" if plan.tiny else "full-size"
     progress(f"device {plan.device} ({gpu}), torch {torch.__version__}, diffusers"
-             f" {diffusers.__version__}; {kind} models, {plan.steps} steps, {plan.rounds}"
+             f" {diffusers.__version__}; {kind} models, steps {plan.steps}, {plan.rounds}"
              f" rounds, {plan.concurrent} concurrent")  # fmt: skip
     plan.peak_tflops = _matmul_peak(plan.device)
     progress(f"matmul peak: {plan.peak_tflops:.1f} TFLOP/s")
-    with tempfile.TemporaryDirectory(prefix="sdserve-gpu-bench-") as scratch:
-        root = Path(scratch)
-        for family in plan.families:
-            started = time.perf_counter()
-            _build(root / family, family, plan)
-            progress(f"{family}: built in {time.perf_counter() - started:.1f} s")
-        for family in plan.families:
-            _raw(plan, family, root / family)
-            _free(plan.device)
-        _served_one_at_a_time(plan, root)
-        _served_concurrently(plan, root)
-    _print_table(plan)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sdserve-gpu-bench-") as scratch:
+            for family in plan.families:
+                _eager(plan, Path(scratch), family)
+                _print_table(plan)
+            for family in plan.families if plan.compiled else []:
+                _compiled(plan, Path(scratch), family)
+                _print_table(plan)
+    except KeyboardInterrupt:
+        _print_table(plan)
+        raise
 
 
 def _parse_args() -> Plan:
@@ -122,7 +135,9 @@ def _parse_args() -> Plan:
         action="store_true",
         help="tiny random models, 128x128 (the API's smallest), 2 steps: a smoke check",
     )
-    parser.add_argument("--steps", type=int, help=f"default {FULL_STEPS}; tiny {TINY_STEPS}")
+    parser.add_argument(
+        "--steps", type=int, help=f"default {FULL_STEPS} by family; tiny {TINY_STEPS}"
+    )
     parser.add_argument("--rounds", type=int, help=f"default {FULL_ROUNDS}; tiny {TINY_ROUNDS}")
     parser.add_argument(
         "--concurrent", type=int, help=f"default {FULL_CONCURRENT}; tiny {TINY_CONCURRENT}"
@@ -142,11 +157,15 @@ def _parse_args() -> Plan:
     )
     args = parser.parse_args()
     size = {family: TINY_SIZE if args.tiny else FAMILIES[family].size for family in args.families}
+    steps = {
+        family: args.steps or (TINY_STEPS if args.tiny else FULL_STEPS[family])
+        for family in args.families
+    }
     return Plan(
         device=args.device,
         tiny=args.tiny,
         size=size,
-        steps=args.steps or (TINY_STEPS if args.tiny else FULL_STEPS),
+        steps=steps,
         rounds=args.rounds or (TINY_ROUNDS if args.tiny else FULL_ROUNDS),
         concurrent=args.concurrent or (TINY_CONCURRENT if args.tiny else FULL_CONCURRENT),
         port=args.port,
@@ -186,6 +205,37 @@ def _matmul_peak(device: str) -> float:
     return 2 * n**3 * times / run(times) / 1e12
 
 
+def _eager(plan: Plan, root: Path, family: FamilyName) -> None:
+    """A family's eager measures. All families' come before any compiled model's (the longest
+    to start), so a run cut short keeps the most."""
+    folder = root / family
+    started = time.perf_counter()
+    _build(folder, family, plan)
+    progress(f"{family}: built in {time.perf_counter() - started:.1f} s")
+    _raw(plan, family, folder)
+    _free(plan.device)
+    with _server(plan, root, family, compiled=False, options=[]) as client:
+        _one_at_a_time(plan, client, family, "runsync eager")
+        alone = _image(client, _runsync(client, family, _body(plan, family)))
+        _runsync_burst(plan, client, family, family, 2)  # batch shapes warmed, untimed
+        answers = _concurrent(plan, client, family, family, "batched, eager, default max-batch")
+        _pixel_difference(family, client, alone, answers[0])
+    options = ["--max-batch", str(plan.concurrent)]
+    with _server(plan, root, family, compiled=False, options=options) as client:
+        _runsync(client, family, _body(plan, family))  # warm-up
+        _concurrent(plan, client, family, family, f"batched, eager, max-batch {plan.concurrent}")
+
+
+def _compiled(plan: Plan, root: Path, family: FamilyName) -> None:
+    """The family compiled: its server's start loads and compiles it (the worker's warm-up
+    compiles batches of 1 and 2 images, then batches of any size reuse the graphs)."""
+    options = ["--max-batch", str(plan.concurrent)]
+    with _server(plan, root, family, compiled=True, options=options) as client:
+        model = f"{family}-compiled"
+        _one_at_a_time(plan, client, family, "runsync compiled", model)
+        _concurrent(plan, client, family, model, f"batched, compiled, max-batch {plan.concurrent}")
+
+
 def _build(path: Path, family: FamilyName, plan: Plan) -> None:
     if plan.tiny:
         from tests.models.random_model import build_random_family
@@ -207,7 +257,13 @@ def _floor_tflop(plan: Plan, family: FamilyName) -> float | None:
     if plan.tiny:
         return None
     native, tflop = PASS_TFLOP[family]
-    return plan.steps * 2 * tflop * (plan.size[family] / native) ** 2
+    return plan.steps[family] * 2 * tflop * (plan.size[family] / native) ** 2
+
+
+def _floor_share(plan: Plan, row: Row) -> str:
+    if row.floor_tflop is None:
+        return "-"
+    return f"{100 * row.floor_tflop * row.images_per_s / plan.peak_tflops:.1f}"
 
 
 def _raw(plan: Plan, family: FamilyName, folder: Path) -> None:
@@ -223,17 +279,17 @@ def _raw(plan: Plan, family: FamilyName, folder: Path) -> None:
     dtype = model_dtype(ModelSpec(name=family, source=str(folder), family=family), plan.device)
     pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=dtype).to(plan.device)
     pipe.set_progress_bar_config(disable=True)
-    size = plan.size[family]
+    size, steps = plan.size[family], plan.steps[family]
 
     def call() -> float:
         started = time.perf_counter()
         pipe.scheduler = make_scheduler(rules.scheduler, pipe.scheduler.config, family)
         pipe(prompt=PROMPT, negative_prompt="", width=size, height=size,
-             num_inference_steps=plan.steps, guidance_scale=rules.guidance_scale,
+             num_inference_steps=steps, guidance_scale=rules.guidance_scale,
              generator=torch.Generator(plan.device).manual_seed(SEED))  # fmt: skip
         return time.perf_counter() - started
 
-    progress(f"{family}: raw eager, {size}x{size}, {plan.steps} steps, {dtype}: warm-up"
+    progress(f"{family}: raw eager, {size}x{size}, {steps} steps, {dtype}: warm-up"
              f" {call():.2f} s")  # fmt: skip
     _rounds(plan, family, "raw diffusers eager", call)
 
@@ -244,101 +300,117 @@ def _rounds(plan: Plan, family: FamilyName, what: str, call: Callable[[], float]
         times.append(call())
         progress(f"{family}: {what}: round {index + 1}/{plan.rounds} {times[-1]:.3f} s")
     latency = statistics.median(times)
-    plan.rows.append(Row(family, what, latency, 1 / latency, _floor_tflop(plan, family)))
+    plan.add(Row(family, what, latency, 1 / latency, _floor_tflop(plan, family)))
 
 
-def _models_file(root: Path, families: list[FamilyName], compiled: bool) -> Path:
-    lines = []
-    for family in families:
-        lines += [f"[models.{family}]", f'source = "{root / family}"', ""]
-        if compiled:
-            lines += [f"[models.{family}-compiled]", f'source = "{root / family}"',
-                      "compile = true", ""]  # fmt: skip
-    path = root / ("models-compiled.toml" if compiled else "models.toml")
-    path.write_text("\n".join(lines))
+def _models_file(root: Path, family: FamilyName, compiled: bool) -> Path:
+    name = f"{family}-compiled" if compiled else family
+    lines = [f"[models.{name}]", f'source = "{root / family}"']
+    if compiled:
+        lines.append("compile = true")
+    path = root / f"models-{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def _body(plan: Plan, family: FamilyName, seed: int = SEED) -> dict[str, Any]:
     size = plan.size[family]
     return {"input": {"prompt": PROMPT, "width": size, "height": size,
-                      "num_inference_steps": plan.steps, "seed": seed}}  # fmt: skip
+                      "num_inference_steps": plan.steps[family], "seed": seed}}  # fmt: skip
 
 
-def _runsync(client: httpx.Client, model: str, body: dict[str, Any]) -> float:
+def _runsync(client: httpx.Client, model: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The finished job's answer; its `_seconds` the time the call took."""
     from sdserve.api.runpod_protocol import MAX_WAIT_MS
 
     started = time.perf_counter()
-    answer = client.post(f"/v2/{model}/runsync", params={"wait": MAX_WAIT_MS}, json=body).json()
+    answer: dict[str, Any] = client.post(
+        f"/v2/{model}/runsync", params={"wait": MAX_WAIT_MS}, json=body
+    ).json()
     if answer.get("status") != "COMPLETED":
         raise SystemExit(f"/v2/{model}/runsync answered {answer}")
-    return time.perf_counter() - started
+    answer["_seconds"] = time.perf_counter() - started
+    return answer
 
 
-def _server(plan: Plan, root: Path, name: str, models: Path, options: list[str]) -> Any:
+def _seconds(client: httpx.Client, model: str, body: dict[str, Any]) -> float:
+    return float(_runsync(client, model, body)["_seconds"])
+
+
+@contextmanager
+def _server(
+    plan: Plan, root: Path, family: FamilyName, compiled: bool, options: list[str]
+) -> Iterator[httpx.Client]:
     started = time.perf_counter()
-    server = start_server(root / f"data-{name}", plan.port, [], nsfw_check=False,
-                          endpoint=plan.families[0],
-                          options=["--models-file", str(models), "--device", plan.device,
-                                   *options])  # fmt: skip
-    progress(f"server ({name}) up in {time.perf_counter() - started:.1f} s")
-    return server
-
-
-def _served_one_at_a_time(plan: Plan, root: Path) -> None:
-    server = _server(plan, root, "batch-1", _models_file(root, plan.families, plan.compiled), [])
+    name = f"{family}-compiled" if compiled else family
+    data = root / f"data-{name}{''.join(options).replace('--', '-')}"
+    server = start_server(data, plan.port, [], nsfw_check=False, endpoint=name,
+                          options=["--models-file", str(_models_file(root, family, compiled)),
+                                   "--device", plan.device, *options],
+                          timeout_s=600 if compiled else 180)  # fmt: skip
+    work = "load, compile" if compiled else "load"
+    progress(f"{family}: server of {name} ({' '.join(options) or 'defaults'}; {work}) up in"
+             f" {time.perf_counter() - started:.1f} s")  # fmt: skip
+    for line in (data / "server.log").read_text(errors="replace").splitlines():
+        if f"compiled {name} in" in line:  # the worker's warm-up, as it logged it
+            progress(f"{family}: worker log: {line.split(': ', 1)[-1]}")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{plan.port}", timeout=None) as client:
-            for family in plan.families:
-                models: list[tuple[str, str]] = [(family, "runsync eager")]
-                if plan.compiled:
-                    models.append((f"{family}-compiled", "runsync compiled"))
-                for model, what in models:
-                    body = _body(plan, family)
-                    first = _runsync(client, model, body)
-                    # The compiled model's first request loads and compiles it; the eager one's
-                    # loads it. Untimed below.
-                    work = "load, compile" if "compiled" in what else "load"
-                    progress(f"{family}: {what}: first request ({work}) {first:.1f} s")
-                    _rounds(plan, family, what, functools.partial(_runsync, client, model, body))
-                    plan.rows[-1].note = f"first request {first:.1f} s"
+            yield client
     finally:
-        _stop(server)
+        server.terminate()
+        server.wait(timeout=60)
+        _free(plan.device)
 
 
-def _served_concurrently(plan: Plan, root: Path) -> None:
-    options = ["--max-batch", str(plan.concurrent), "--batch-wait-ms", str(BATCH_WAIT_MS)]
-    server = _server(plan, root, "batching", _models_file(root, plan.families, False), options)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{plan.port}", timeout=None) as client:
-            for family in plan.families:
-                _runsync(client, family, _body(plan, family))  # loads the model
-                _burst(plan, client, family, 2)  # batch shapes warmed, untimed
-                latency, wall = _burst(plan, client, family, plan.concurrent)
-                what = f"{plan.concurrent} concurrent, batched, eager"
-                progress(f"{family}: {what}: {wall:.2f} s for the burst, median latency"
-                         f" {latency:.2f} s, {plan.concurrent / wall:.2f} img/s")  # fmt: skip
-                plan.rows.append(Row(family, what, latency, plan.concurrent / wall,
-                                     _floor_tflop(plan, family)))  # fmt: skip
-    finally:
-        _stop(server)
+def _one_at_a_time(
+    plan: Plan, client: httpx.Client, family: FamilyName, what: str, model: str | None = None
+) -> None:
+    body = _body(plan, family)
+    first = _seconds(client, model or family, body)  # untimed: the first call's allocations
+    progress(f"{family}: {what}: first request {first:.2f} s")
+    _rounds(plan, family, what, functools.partial(_seconds, client, model or family, body))
+    plan.rows[-1].note = f"first request {first:.2f} s"
 
 
-def _burst(plan: Plan, client: httpx.Client, family: FamilyName, count: int) -> tuple[float, float]:
-    """`count` requests (seeds differ) sent at once: their median latency and the burst's wall."""
+def _concurrent(
+    plan: Plan, client: httpx.Client, family: FamilyName, model: str, what: str
+) -> list[dict[str, Any]]:
     started = time.perf_counter()
+    answers = _runsync_burst(plan, client, family, model, plan.concurrent)
+    wall = time.perf_counter() - started
+    latency = statistics.median(answer["_seconds"] for answer in answers)
+    plan.add(Row(family, f"{plan.concurrent} concurrent, {what}", latency,
+                 plan.concurrent / wall, _floor_tflop(plan, family)))  # fmt: skip
+    return answers
+
+
+def _runsync_burst(
+    plan: Plan, client: httpx.Client, family: FamilyName, model: str, count: int
+) -> list[dict[str, Any]]:
+    """`count` requests (seeds SEED, SEED + 1, ...) sent at once; their answers in seed order."""
     with ThreadPoolExecutor(count) as pool:
         futures = [
-            pool.submit(_runsync, client, family, _body(plan, family, SEED + index))
+            pool.submit(_runsync, client, model, _body(plan, family, SEED + index))
             for index in range(count)
         ]
-        latencies = [future.result() for future in futures]
-    return statistics.median(latencies), time.perf_counter() - started
+        return [future.result() for future in futures]
 
 
-def _stop(server: Any) -> None:
-    server.terminate()
-    server.wait(timeout=60)
+def _image(client: httpx.Client, answer: dict[str, Any]) -> np.ndarray:
+    image = str(answer["output"][0]["image"])
+    data = client.get(image).content if image.startswith("http") else base64.b64decode(image)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def _pixel_difference(
+    family: FamilyName, client: httpx.Client, alone: np.ndarray, batched: dict[str, Any]
+) -> None:
+    """How far the seed's image made in a batch is from the same seed's made alone (issue 11:
+    the README's promise of how closely a batched image reproduces)."""
+    difference = np.abs(_image(client, batched) - alone)
+    progress(f"{family}: seed {SEED} batched vs alone: max {int(difference.max())} levels,"
+             f" mean {float(difference.mean()):.3f}")  # fmt: skip
 
 
 def _free(device: str) -> None:
@@ -351,21 +423,20 @@ def _free(device: str) -> None:
 
 def _print_table(plan: Plan) -> None:
     baseline = {row.family: row.latency_s for row in plan.rows if row.what.startswith("raw")}
-    line = "{:<6} {:<32} {:>10} {:>8} {:>9} {:>9}  {}"
+    line = "{:<6} {:<48} {:>10} {:>8} {:>8} {:>8}  {}"
     say()
     say(f"matmul peak {plan.peak_tflops:.1f} TFLOP/s; floor share = UNet FLOPs per image x"
         " img/s / peak")  # fmt: skip
     say(line.format("family", "configuration", "latency s", "img/s", "vs raw", "floor %", ""))
     for row in plan.rows:
-        speedup = f"{baseline[row.family] * row.images_per_s:.2f}x"
-        floor = (
-            f"{100 * row.floor_tflop * row.images_per_s / plan.peak_tflops:.1f}"
-            if row.floor_tflop is not None
-            else "-"
+        speedup = (
+            f"{baseline[row.family] * row.images_per_s:.2f}x" if row.family in baseline else "-"
         )
         say(line.format(row.family, row.what, f"{row.latency_s:.3f}",
-                        f"{row.images_per_s:.2f}", speedup, floor, row.note))  # fmt: skip
+                        f"{row.images_per_s:.2f}", speedup, _floor_share(plan, row),
+                        row.note))  # fmt: skip
     say("vs raw: img/s over the raw eager call's (1 / its latency)")
+    say()
 
 
 if __name__ == "__main__":

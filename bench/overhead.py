@@ -36,9 +36,11 @@ def start_server(
     nsfw_check: bool,
     endpoint: str = "default",
     options: Sequence[str] = (),
+    timeout_s: float = 180,
 ) -> subprocess.Popen[bytes]:
     """Start `sdserve serve` with a `--model` per item of `models` (and `options`); return
-    once `endpoint`'s health counts a worker. Its output goes to `data_dir`/server.log."""
+    once `endpoint`'s health counts a worker (within `timeout_s`: a compiled model's warm-up
+    comes first). Its output goes to `data_dir`/server.log."""
     cmd = [
         sys.executable,
         "-m",
@@ -59,7 +61,7 @@ def start_server(
     log = data_dir / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 180
+    deadline = time.time() + timeout_s
     while time.time() < deadline and process.poll() is None:
         try:
             health = httpx.get(f"http://127.0.0.1:{port}/v2/{endpoint}/health").json()
