@@ -1,22 +1,24 @@
 """GPU speed of SD 1.5 and SDXL (real architectures, random weights): raw, served, compiled.
 
 In one run, on one device: a matrix-product micro-benchmark for the device's achievable peak;
-then, family by family (all of SD 1.5 before SDXL, so a run cut short keeps whole families):
-a raw diffusers eager call (batch 1); a `sdserve serve` at its defaults answering
-`/v2/MODEL/runsync` one request at a time, then 16 concurrent requests (dynamic batching at the
-device's default `--max-batch`), with the pixel difference between a batched image and the same
-seed run alone; a second server with `--max-batch 16` answering the 16 concurrent requests, then
-one request at a time and 16 at once on the model compiled (`compile = true` in its models.toml;
-its first request loads and compiles it). Steps follow issue 11's goals: SD 1.5 at 512x512 and 50
-steps, SDXL at 1024x1024 and 30. It prints each result as it comes, then a table: latency,
-images per second, the ratio to the raw eager call, and the share of the FLOP floor reached (the
-UNet's passes alone, at the peak measured: one SD 1.5 pass at 512x512 ~0.68 TFLOP, SDXL at
-1024x1024 ~6 TFLOP, two passes a step with classifier-free guidance; text encoders and VAE not
-counted). Nothing is downloaded: the pipelines are built from the real configs
-(bench/full_configs.py), with local tokenizers.
+then, for each family, eager: a raw diffusers call (batch 1); a `sdserve serve` at its defaults
+answering `/v2/MODEL/runsync` one request at a time, then 16 concurrent requests (dynamic
+batching at the device's default `--max-batch`), with the pixel difference between a batched
+image and the same seed made alone; a second server with `--max-batch 16` answering the 16
+concurrent requests. Then, for the families named by `--compiled` (SD 1.5 by default), a server
+of the model compiled (`compile = true` in its models.toml; the worker compiles it at start, and
+the worker's log line of how long that took is printed) answering one request at a time and 16
+at once. Eager measures of every family come first, so a run cut short keeps the most. Steps
+follow issue 11's goals: SD 1.5 at 512x512 and 50 steps, SDXL at 1024x1024 and 30. It prints
+each result as it comes, and a table after each family: latency, images per second, the ratio
+to the raw eager call, and the share of the FLOP floor reached (the UNet's passes alone, at the
+peak measured: one SD 1.5 pass at 512x512 ~0.68 TFLOP, SDXL at 1024x1024 ~6 TFLOP, two passes a
+step with classifier-free guidance; text encoders and VAE not counted). Nothing is downloaded:
+the pipelines are built from the real configs (bench/full_configs.py), with local tokenizers.
+bench/gpu_profile.py says where the time goes.
 
-    python bench/gpu.py                            # for a GPU: about 8 min on an H200
-    python bench/gpu.py --device cpu --tiny        # smoke: tiny models, 128x128, 2 steps
+    python bench/gpu.py                            # on a GPU: about 8.5 min on an H200
+    python bench/gpu.py --device cpu --tiny --compiled none   # smoke: tiny models, 128x128
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class Plan:
     rounds: int
     concurrent: int
     port: int
-    compiled: bool
+    compiled: list[FamilyName]
     families: list[FamilyName]
     rows: list[Row] = field(default_factory=list)
     peak_tflops: float = 0.0
@@ -119,7 +121,7 @@ def main() -> None:
             for family in plan.families:
                 _eager(plan, Path(scratch), family)
                 _print_table(plan)
-            for family in plan.families if plan.compiled else []:
+            for family in [each for each in plan.families if each in plan.compiled]:
                 _compiled(plan, Path(scratch), family)
                 _print_table(plan)
     except KeyboardInterrupt:
@@ -150,10 +152,11 @@ def _parse_args() -> Plan:
     )
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument(
-        "--no-compiled",
-        dest="compiled",
-        action="store_false",
-        help="skip the compiled model (on a CPU, compiling takes minutes per model)",
+        "--compiled",
+        type=_families,
+        default=["sd1"],
+        help="families also measured compiled, or none (default sd1: compiling takes minutes,"
+        " 188 s for SD 1.5 on an H200, and SDXL's would take the run past 8 minutes)",
     )
     args = parser.parse_args()
     size = {family: TINY_SIZE if args.tiny else FAMILIES[family].size for family in args.families}
@@ -175,6 +178,8 @@ def _parse_args() -> Plan:
 
 
 def _families(text: str) -> list[FamilyName]:
+    if text == "none":
+        return []
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names or any(name not in PASS_TFLOP for name in names):
         raise argparse.ArgumentTypeError(f"families are sd1 and sdxl (got {text!r})")
