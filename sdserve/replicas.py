@@ -162,6 +162,16 @@ class ApiReplicas:
                 metrics.process_died(replica.process.pid)
                 self._spawn()
 
+    def begin_stop(self) -> None:
+        """Have every replica stop taking requests, as the primary does when it begins to
+        drain: each finishes its open ones (uvicorn on SIGTERM) and exits; `stop` waits for
+        them. Safe in a signal handler: it takes no lock (the primary's event loop may hold
+        it), copying the list instead."""
+        self._stopping.set()
+        for replica in list(self._replicas):
+            with contextlib.suppress(OSError):
+                replica.process.terminate()
+
     def stop(self) -> None:
         """Stop every replica (each finishes its open requests, as uvicorn does on SIGTERM)."""
         self._stopping.set()

@@ -250,7 +250,7 @@ def serve(settings: Settings) -> None:
         # that let this function clean up and return (the defaults would kill or raise here).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: None)
-        server = _DrainingServer(config, app.state.ctx.service, supervisor)
+        server = _DrainingServer(config, app.state.ctx.service, supervisor, replicas)
         server.run(sockets=[listener])
         if server.force_exit:  # uvicorn skipped the app's shutdown: what it would have done
             supervisor.stop()  # the running jobs go back to the queue
@@ -277,14 +277,20 @@ class _StoppingServer(uvicorn.Server):
 
 class _DrainingServer(_StoppingServer):
     """The primary's uvicorn, draining the workers: the first SIGINT or SIGTERM stops new jobs
-    from starting (the running ones finish, and so do the requests waiting on them), a second
-    stops at once (the jobs go back to the queue)."""
+    from starting and every API process of the node from taking requests (the running jobs
+    finish, and so do the requests waiting on them), a second stops at once (the jobs go back
+    to the queue)."""
 
     def __init__(
-        self, config: uvicorn.Config, service: JobService, supervisor: WorkerSupervisor
+        self,
+        config: uvicorn.Config,
+        service: JobService,
+        supervisor: WorkerSupervisor,
+        replicas: ApiReplicas,
     ) -> None:
         super().__init__(config, service)
         self._supervisor = supervisor
+        self._replicas = replicas
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:
@@ -292,6 +298,7 @@ class _DrainingServer(_StoppingServer):
             self._supervisor.force()
         else:
             self._supervisor.begin_drain()
+            self._replicas.begin_stop()
         super().handle_exit(sig, frame)
 
 

@@ -168,3 +168,31 @@ def test_replicas_exit_when_the_primary_is_killed(tmp_path: Path, tiny_model: Pa
         assert not alive, f"replicas still running after their primary was killed: {alive}"
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{srv.url}/healthz", timeout=5)
+
+
+def test_sigterm_stops_every_api_process_taking_requests_while_the_job_finishes(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # SIGTERM reaches the primary alone (docker stop, kill): the replicas must stop taking
+    # requests with it, not accept jobs that no worker of the draining node will start.
+    args = ["--model", str(tiny_model), "--api-workers", "2"]
+    env = {"SDSERVE_API_KEYS": API_KEY}
+    with running_server(tmp_path / "data", args, env) as srv:
+        assert srv.process is not None
+        primary = srv.process.pid
+        wait_until(lambda: len(api_pids(srv)) == 2, 60, srv.log)
+        client = httpx.Client(base_url=srv.url, headers=AUTH, timeout=60)
+        slow = {**FAST, "width": 512, "height": 512, "num_inference_steps": 500}
+        answer = client.post("/v2/default/run", json={"input": slow}).json()
+        assert "id" in answer, answer
+        job_id = answer["id"]
+        wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"})
+        srv.process.send_signal(signal.SIGTERM)
+        # Nothing listens on the port any more, while the job runs on.
+        wait_until(lambda: not api_pids(srv), 30, lambda: f"{api_pids(srv)} listen:\n{srv.log()}")
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(f"{srv.url}/v2/default/run", headers=AUTH, json={"input": FAST}, timeout=5)
+        assert psutil.pid_exists(primary) and "draining" in srv.log()
+        srv.process.send_signal(signal.SIGTERM)  # the second signal: at once
+        assert srv.process.wait(timeout=60) == 0, srv.log()
+    assert "Traceback" not in srv.log()
