@@ -192,7 +192,9 @@ def test_sigterm_stops_every_api_process_taking_requests_while_the_job_finishes(
         wait_until(lambda: not api_pids(srv), 30, lambda: f"{api_pids(srv)} listen:\n{srv.log()}")
         with pytest.raises(httpx.ConnectError):
             httpx.post(f"{srv.url}/v2/default/run", headers=AUTH, json={"input": FAST}, timeout=5)
-        assert psutil.pid_exists(primary) and "draining" in srv.log()
+        # The primary logs its drain once its own HTTP server has shut down.
+        wait_until(lambda: "draining" in srv.log(), 60, srv.log)
+        assert psutil.pid_exists(primary)
         srv.process.send_signal(signal.SIGTERM)  # the second signal: at once
         assert srv.process.wait(timeout=60) == 0, srv.log()
     assert "Traceback" not in srv.log()

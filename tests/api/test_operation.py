@@ -146,7 +146,7 @@ def test_calls_waiting_on_a_queued_job_answer_as_the_server_begins_to_stop(
     ).json()["id"]
     wait_for(client, f"/v2/default/status/{running}", {"IN_PROGRESS"})
     prompt = "a blue square on a yellow background"
-    with ThreadPoolExecutor(2) as calls:
+    with ThreadPoolExecutor(3) as calls:
         runsync = calls.submit(
             httpx.post,
             f"{server.url}/v2/default/runsync?wait=300000",  # 5 minutes
@@ -161,11 +161,19 @@ def test_calls_waiting_on_a_queued_job_answer_as_the_server_begins_to_stop(
             timeout=600,
         )
         wait_until(lambda: client.get("/v2/default/health").json()["jobs"]["inQueue"] == 2, 30)
+        deepinfra = calls.submit(
+            httpx.post,
+            f"{server.url}/v1/inference/default",
+            json={"prompt": prompt},
+            timeout=600,
+        )
+        wait_until(lambda: client.get("/v2/default/health").json()["jobs"]["inQueue"] == 3, 30)
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
-        # Both answer now, not after their waits (5 and 9 minutes) or the running job.
+        # All answer now, not after their waits (5, 9 and 9 minutes) or the running job.
         answered = runsync.result(timeout=60)
         refused = openai.result(timeout=60)
+        refused_too = deepinfra.result(timeout=60)
 
     assert answered.status_code == 200, answered.text
     assert answered.json()["status"] == "IN_QUEUE", answered.json()
@@ -176,6 +184,13 @@ def test_calls_waiting_on_a_queued_job_answer_as_the_server_begins_to_stop(
     assert error["code"] == "server_stopping", error
     cancelled = re.search(r"job (\S+) had not started and has been cancelled", error["message"])
     assert cancelled, error
+    # DeepInfra's synchronous call, the same refusal in its dialect's error body.
+    assert refused_too.status_code == 503, refused_too.text
+    assert refused_too.headers["retry-after"] == "5"
+    cancelled_too = re.search(
+        r"job (\S+) had not started and has been cancelled", refused_too.json()["error"]
+    )
+    assert cancelled_too, refused_too.json()
     assert _exit_code(server) == 0, server.log()  # once the running job has finished
     assert "Traceback" not in server.log()
 
@@ -185,8 +200,9 @@ def test_calls_waiting_on_a_queued_job_answer_as_the_server_begins_to_stop(
         done = wait_for(client, f"/v2/default/status/{queued}", {"COMPLETED", "FAILED"}, 300)
         assert done["status"] == "COMPLETED", done
         assert client.get(f"/v2/default/status/{running}").json()["status"] == "COMPLETED"
-        gone = client.get(f"/v2/default/status/{cancelled[1]}").json()
-        assert gone["status"] == "CANCELLED", gone
+        for refused_id in (cancelled[1], cancelled_too[1]):
+            gone = client.get(f"/v2/default/status/{refused_id}").json()
+            assert gone["status"] == "CANCELLED", gone
     finally:
         server.stop()
 
