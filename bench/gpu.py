@@ -215,7 +215,7 @@ def _eager(plan: Plan, root: Path, family: FamilyName) -> None:
     to start), so a run cut short keeps the most."""
     folder = root / family
     started = time.perf_counter()
-    _build(folder, family, plan)
+    build_model(folder, family, plan.device, plan.tiny)
     progress(f"{family}: built in {time.perf_counter() - started:.1f} s")
     _raw(plan, family, folder)
     _free(plan.device)
@@ -241,20 +241,35 @@ def _compiled(plan: Plan, root: Path, family: FamilyName) -> None:
         _concurrent(plan, client, family, model, f"batched, compiled, max-batch {plan.concurrent}")
 
 
-def _build(path: Path, family: FamilyName, plan: Plan) -> None:
-    if plan.tiny:
+def build_model(path: Path, family: FamilyName, device: str, tiny: bool) -> None:
+    """Save a random-weight pipeline of `family` at `path`: sdserve's tiny test model, or the
+    real architecture (full_configs.py) in the dtype the server would load it in."""
+    if tiny:
         from tests.models.random_model import build_random_family
 
         build_random_family(path, family, seed=0)
         return
     from full_configs import build_full_family
 
+    build_full_family(path, family, device, _dtype(path, family, device))
+    _free(device)
+
+
+def load_raw(folder: Path, family: FamilyName, device: str) -> Any:
+    """diffusers' own pipeline of the model at `folder`, in the dtype the server would use."""
+    from diffusers import AutoPipelineForText2Image
+
+    dtype = _dtype(folder, family, device)
+    pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _dtype(folder: Path, family: FamilyName, device: str) -> Any:
     from sdserve.engine.pipelines import model_dtype
     from sdserve.registry import ModelSpec
 
-    dtype = model_dtype(ModelSpec(name=family, source=str(path), family=family), plan.device)
-    build_full_family(path, family, plan.device, dtype)
-    _free(plan.device)
+    return model_dtype(ModelSpec(name=family, source=str(folder), family=family), device)
 
 
 def _floor_tflop(plan: Plan, family: FamilyName) -> float | None:
@@ -274,16 +289,11 @@ def _floor_share(plan: Plan, row: Row) -> str:
 def _raw(plan: Plan, family: FamilyName, folder: Path) -> None:
     """A raw diffusers call, as the server would make it: its dtype, sampler and guidance."""
     import torch
-    from diffusers import AutoPipelineForText2Image
 
-    from sdserve.engine.pipelines import model_dtype
     from sdserve.engine.schedulers import make_scheduler
-    from sdserve.registry import ModelSpec
 
     rules = FAMILIES[family]
-    dtype = model_dtype(ModelSpec(name=family, source=str(folder), family=family), plan.device)
-    pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=dtype).to(plan.device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_raw(folder, family, plan.device)
     size, steps = plan.size[family], plan.steps[family]
 
     def call() -> float:
@@ -294,7 +304,7 @@ def _raw(plan: Plan, family: FamilyName, folder: Path) -> None:
              generator=torch.Generator(plan.device).manual_seed(SEED))  # fmt: skip
         return time.perf_counter() - started
 
-    progress(f"{family}: raw eager, {size}x{size}, {steps} steps, {dtype}: warm-up"
+    progress(f"{family}: raw eager, {size}x{size}, {steps} steps, {pipe.dtype}: warm-up"
              f" {call():.2f} s")  # fmt: skip
     _rounds(plan, family, "raw diffusers eager", call)
 

@@ -37,8 +37,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     import torch
+    from gpu import build_model, load_raw
 
-    from sdserve.engine.pipelines import model_dtype
+    from sdserve.engine.schedulers import make_scheduler
     from sdserve.families import FAMILIES
     from sdserve.registry import ModelSpec
 
@@ -48,17 +49,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sdserve-gpu-profile-") as scratch:
         folder = Path(scratch) / "sd1"
         spec = ModelSpec(name="sd1", source=str(folder), family="sd1")
-        dtype = model_dtype(spec, args.device)
-        if args.tiny:
-            from tests.models.random_model import build_random_family
-
-            build_random_family(folder, "sd1", seed=0)
-        else:
-            from full_configs import build_full_family
-
-            build_full_family(folder, "sd1", args.device, dtype)
+        build_model(folder, "sd1", args.device, args.tiny)
         size = 128 if args.tiny else FAMILIES["sd1"].size
-        pipe = _raw_pipeline(folder, args.device, dtype)
+        pipe = load_raw(folder, "sd1", args.device)
+        pipe.scheduler = make_scheduler(FAMILIES["sd1"].scheduler, pipe.scheduler.config, "sd1")
         timer = functools.partial(_timed, cuda)
         call = functools.partial(_raw_call, pipe, args.device, size, args.steps)
         raw_batch = _batches(timer, call, args.steps, "as loaded")
@@ -70,17 +64,6 @@ def main() -> None:
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
         _batches(timer, call, args.steps, "cuDNN autotuning + channels-last")
-
-
-def _raw_pipeline(folder: Path, device: str, dtype: Any) -> Any:
-    from diffusers import AutoPipelineForText2Image
-
-    from sdserve.engine.schedulers import make_scheduler
-
-    pipe = AutoPipelineForText2Image.from_pretrained(str(folder), dtype=dtype).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler("K-LMS", pipe.scheduler.config, "sd1")
-    return pipe
 
 
 def _raw_call(pipe: Any, device: str, size: int, steps: int, batch: int, **extra: Any) -> None:

@@ -181,12 +181,11 @@ def test_sigterm_stops_every_api_process_taking_requests_while_the_job_finishes(
         assert srv.process is not None
         primary = srv.process.pid
         wait_until(lambda: len(api_pids(srv)) == 2, 60, srv.log)
-        client = httpx.Client(base_url=srv.url, headers=AUTH, timeout=60)
         slow = {**FAST, "width": 512, "height": 512, "num_inference_steps": 500}
-        answer = client.post("/v2/default/run", json={"input": slow}).json()
-        assert "id" in answer, answer
-        job_id = answer["id"]
-        wait_for(client, f"/v2/default/status/{job_id}", {"IN_PROGRESS"})
+        with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as client:
+            answer = client.post("/v2/default/run", json={"input": slow}).json()
+            assert "id" in answer, answer
+            wait_for(client, f"/v2/default/status/{answer['id']}", {"IN_PROGRESS"})
         srv.process.send_signal(signal.SIGTERM)
         # Nothing listens on the port any more, while the job runs on.
         wait_until(lambda: not api_pids(srv), 30, lambda: f"{api_pids(srv)} listen:\n{srv.log()}")

@@ -103,7 +103,7 @@ class SqlJobStore(SqlJobReads, JobStore):
     def _drop_deliveries(self, delivery_ids: Sequence[int | None]) -> None:
         """Jobs were cancelled or purged: their deliveries must not run (any more)."""
 
-    # --- submit ------------------------------------------------------------------
+    # --- submit ---------------------------------------------------------------------------
 
     def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> int:
         for _ in range(3):  # a drawn number already taken: about one in 10**12 at 10**4 jobs
